@@ -1,0 +1,1 @@
+"""Hydra configs of `python -m framework`, installed as the package ``framework.conf``."""

@@ -1,0 +1,63 @@
+"""The command line: ``python -m framework [list | Hydra overrides ...]``.
+
+User mistakes end with one line on standard error and a non-zero exit code:
+2 for a bad config or plugin, 1 for a run that failed (divergence, tracking
+store), 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from framework import engine, plugins
+from framework.config import ConfigError
+from framework.registry import PluginError
+from framework.tracking import TrackingError
+
+
+def fail(message: object, code: int) -> NoReturn:
+    """Print ``framework: error: <message>`` (one line) and exit with ``code``."""
+    print(f"framework: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://framework.conf", config_name="config")
+def run(cfg: DictConfig) -> float:
+    """One Hydra job: build, train and record one run; returns its objective for sweepers."""
+    hydra_config = HydraConfig.get()
+    try:
+        return engine.execute(cfg, list(hydra_config.overrides.task), Path(hydra_config.runtime.cwd))
+    except (ConfigError, PluginError) as error:
+        fail(error, 2)
+    except (engine.DivergenceError, TrackingError) as error:
+        fail(error, 1)
+    except KeyboardInterrupt:
+        fail("interrupted; the run is recorded as KILLED", 130)
+
+
+def component_table(pm: plugins.PluginManager) -> str:
+    """Every registered component with the plugin and version that provide it."""
+    rows = [("KIND", "NAME", "PLUGIN", "VERSION", "DESCRIPTION")]
+    for c in pm.registry.all():
+        summary = (c.config_class.__doc__ or "").strip().splitlines()[0] if c.config_class.__doc__ else ""
+        rows.append((c.kind, c.name, c.plugin, c.version, summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, [*widths, 0], strict=True)) for row in rows)
+
+
+def main() -> None:
+    """Entry point of ``python -m framework``."""
+    try:
+        pm = plugins.manager()
+    except PluginError as error:
+        fail(error, 2)
+    if sys.argv[1:] == ["list"]:
+        print(component_table(pm))
+        return
+    run()

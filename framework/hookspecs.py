@@ -1,0 +1,96 @@
+"""The plugin contract: every hook the engine calls, in one place.
+
+A plugin is any module or object with functions marked ``@hookimpl`` whose
+names match these specs (pluggy checks the names and arguments when the
+plugin is registered). Built-in components, the tutorial tasks and third-party
+packages all plug in through these hooks alone.
+
+Registration hooks receive a ``register`` callable::
+
+    register(name, factory, config_class)          # cells, losses, optimizers, datasets
+    register(name, factory, config_class, recipe)  # tasks
+
+``config_class`` is a dataclass of the component's options (made with
+:func:`framework.config.param`); registering it also makes ``<group>=<name>``
+a Hydra option, so a plugin's component is selectable from the command line.
+The factories are called as:
+
+- cell:    ``factory(config, input_size, hidden_size, rng, dtype) -> Cell``
+- loss:    ``factory(config) -> Loss``
+- optim:   ``factory(config) -> Optimizer``
+- dataset: ``factory(config, rng, dtype) -> Dataset``
+- task:    ``factory(config, parts: Parts) -> Task``
+
+(see :mod:`framework.protocols` for the interfaces they return).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pluggy
+
+from framework.protocols import Evaluation, RunInfo
+from framework.registry import Register
+
+PROJECT = "framework"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------
+# registration: called once per plugin when it is loaded
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def framework_register_cells(register: Register) -> None:
+    """Register recurrent cells (Hydra group ``cell``)."""
+
+
+@hookspec
+def framework_register_losses(register: Register) -> None:
+    """Register losses (Hydra group ``loss``)."""
+
+
+@hookspec
+def framework_register_optimizers(register: Register) -> None:
+    """Register optimizers (Hydra group ``optim``)."""
+
+
+@hookspec
+def framework_register_datasets(register: Register) -> None:
+    """Register datasets (Hydra group ``dataset``)."""
+
+
+@hookspec
+def framework_register_tasks(register: Register) -> None:
+    """Register tasks (Hydra group ``task``), each with its reference recipe."""
+
+
+# ---------------------------------------------------------------------------
+# run events: called by the engine, implemented by observers (tracking, progress)
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def framework_run_started(run: RunInfo) -> None:
+    """A run is about to train: every component is built and valid.
+
+    An observer that raises here stops the run before its first step.
+    """
+
+
+@hookspec
+def framework_metrics(run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
+    """The metrics of optimizer update ``step`` (0-based): ``loss`` and more."""
+
+
+@hookspec
+def framework_evaluation(run: RunInfo, step: int, evaluation: Evaluation, final: bool) -> None:
+    """The task was evaluated after ``step`` updates: metrics, sampled outputs, figures."""
+
+
+@hookspec
+def framework_run_ended(run: RunInfo, status: str, error: str | None) -> None:
+    """The run ended: ``status`` is FINISHED, FAILED or KILLED; ``error`` says why if not finished."""

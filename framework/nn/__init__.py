@@ -1,0 +1,1 @@
+"""Numerics: cells, losses, optimizers and models in numpy with hand-written BPTT."""

@@ -1,0 +1,28 @@
+"""Gradient clipping, applied in place after the backward pass."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from framework.protocols import Params
+
+
+def global_norm(grads: Params) -> float:
+    """||g|| = sqrt(sum over every parameter of sum(g^2))."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+
+
+def clip_by_value(grads: Params, limit: float) -> None:
+    """g <- min(max(g, -limit), limit), element-wise (the dinosaur tutorial's clipping)."""
+    for g in grads.values():
+        np.clip(g, -limit, limit, out=g)
+
+
+def clip_by_norm(grads: Params, max_norm: float, norm: float) -> None:
+    """g <- g * max_norm / (||g|| + 1e-6) when ||g|| > max_norm (as torch's clip_grad_norm_)."""
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads.values():
+            g *= scale

@@ -1,0 +1,135 @@
+"""The plugin manager: built-in plugins, then installed ones, one registry.
+
+Installed packages plug in through the entry-point group ``framework``::
+
+    # the plugin package's pyproject.toml
+    [project.entry-points.framework]
+    myplugin = "myplugin"          # a module with @hookimpl functions
+
+Environment variables:
+
+- ``FRAMEWORK_PLUGINS``: comma-separated entry-point names to load; the others
+  are skipped (an empty value loads none). Built-ins always load.
+- ``FRAMEWORK_STRICT_PLUGINS=1``: a plugin that fails to import stops the
+  program instead of being reported and skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+from types import ModuleType
+
+import pluggy
+from hydra.core.config_store import ConfigStore
+
+from framework import __version__, hookspecs
+from framework.config import defaults
+from framework.registry import PluginError, Registry
+from framework.settings import Settings
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+ONLY_ENV = "FRAMEWORK_PLUGINS"
+STRICT_ENV = "FRAMEWORK_STRICT_PLUGINS"
+
+# The host is built of plugins too: registered exactly like installed ones.
+# "module" registers the module's hook functions, "module:attr" that object's.
+DEFAULT_PLUGINS = (
+    "framework.nn.cells",
+    "framework.nn.losses",
+    "framework.nn.optimizers",
+    "framework.tracking:tracker",
+    "framework.progress:progress",
+)
+
+REGISTRATION_HOOKS = {
+    "task": "framework_register_tasks",
+    "dataset": "framework_register_datasets",
+    "cell": "framework_register_cells",
+    "loss": "framework_register_losses",
+    "optim": "framework_register_optimizers",
+}
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the registry of the components its plugins provide."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.registry = Registry()
+
+    def add(self, plugin: object, name: str, version: str = __version__) -> None:
+        """Register ``plugin`` under ``name`` and collect the components it registers.
+
+        A conflict (a duplicate name) raises :class:`PluginError` and leaves the
+        manager as it was.
+        """
+        self.register(plugin, name=name)
+        try:
+            for kind, hook_name in REGISTRATION_HOOKS.items():
+                for impl in getattr(self.hook, hook_name).get_hookimpls():
+                    if impl.plugin is plugin:
+                        impl.function(register=self.registry.registrar(kind, name, version))
+        except Exception:
+            self.remove(name)
+            raise
+
+    def remove(self, name: str) -> None:
+        """Unregister the plugin ``name`` and forget its components."""
+        self.registry.remove_plugin(name)
+        self.unregister(name=name)
+
+
+def load_entry_points(pm: PluginManager, strict: bool, only: set[str] | None) -> None:
+    """Register every installed plugin of the entry-point group (or those in ``only``)."""
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if only is not None and entry_point.name not in only:
+            continue
+        dist = entry_point.dist
+        version = dist.version if dist else "unknown"
+        try:
+            plugin = entry_point.load()
+        except Exception as error:  # a broken plugin must not take the host down
+            first_line = (str(error).splitlines() or [""])[0]
+            message = (
+                f"plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
+                f"{type(error).__name__}: {first_line}"
+            )
+            if strict:
+                raise PluginError(message) from None
+            print(f"framework: warning: {message}; skipped (set {STRICT_ENV}=1 to make this fatal)", file=sys.stderr)
+            continue
+        if not pm.is_registered(plugin):
+            pm.add(plugin, entry_point.name, version)
+
+
+def create_manager() -> PluginManager:
+    """A plugin manager with the built-ins and the installed plugins loaded.
+
+    Also stores the run-wide settings' defaults in Hydra's ConfigStore as the
+    ``framework_settings`` node that conf/config.yaml starts from.
+    """
+    ConfigStore.instance().store(name="framework_settings", node=defaults(Settings))
+    pm = PluginManager()
+    for spec in DEFAULT_PLUGINS:
+        module_name, _, attribute = spec.partition(":")
+        module: ModuleType = importlib.import_module(module_name)
+        pm.add(getattr(module, attribute) if attribute else module, spec)
+    only_env = os.environ.get(ONLY_ENV)
+    only = None if only_env is None else {n.strip() for n in only_env.split(",") if n.strip()}
+    load_entry_points(pm, strict=os.environ.get(STRICT_ENV, "") not in ("", "0"), only=only)
+    return pm
+
+
+_manager: PluginManager | None = None
+
+
+def manager() -> PluginManager:
+    """The process's plugin manager, created and loaded on first use."""
+    global _manager
+    if _manager is None:
+        _manager = create_manager()
+    return _manager

@@ -1,0 +1,158 @@
+"""The shapes of the things plugins provide and the engine passes around.
+
+Arrays are batch-major: inputs ``(B, T, I)``, hidden states ``(B, T, H)``.
+A recurrent *state* is opaque to the engine (an array for an Elman cell, a
+pair for an LSTM); only the cell that made it looks inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+State = Any
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One optimizer update's worth of data.
+
+    ``new_sequence`` False means the sequences continue the previous batch's,
+    so the engine carries the final state over (truncated BPTT); True starts
+    from the zero state.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray | None = None
+    new_sequence: bool = True
+
+
+@dataclass(frozen=True)
+class CellGradients:
+    """What a cell's backward pass returns."""
+
+    params: Params  # dL/dtheta for each of the cell's parameters
+    inputs: np.ndarray  # dL/dx_k: (B, T, I)
+    state: State  # dL/ds_0, the gradient of the initial state
+    states: np.ndarray  # dL/dh_k for every step k = 1..T: (B, T, H), the gradient flowing back in time
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a model's forward and backward pass over one batch produce."""
+
+    loss: float
+    grads: Params
+    state: State
+    state_grads: np.ndarray  # dL/dh_k for every step k: (B, T, H)
+
+
+@dataclass
+class Evaluation:
+    """What a task reports when evaluated: numbers, sampled outputs, pictures."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+
+
+class Cell(Protocol):
+    """A recurrent cell: h_t = cell(x_t, h_{t-1}) over a whole sequence."""
+
+    params: Params
+    hidden_size: int
+
+    def zero_state(self, batch_size: int) -> State:
+        """The initial state s_0 = 0 for ``batch_size`` sequences."""
+
+    def forward(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State, Any]:
+        """Run over ``x (B, T, I)`` from ``state``: (outputs h (B, T, H), final state, cache)."""
+
+    def backward(self, cache: Any, d_outputs: np.ndarray, d_state: State | None) -> CellGradients:
+        """BPTT from dL/dh (B, T, H) of the outputs and dL/d(final state) (None: 0)."""
+
+
+class Loss(Protocol):
+    """A loss on the model's raw outputs (logits for the softmax and sigmoid losses)."""
+
+    def __call__(
+        self, outputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        """(L, dL/d outputs)."""
+
+
+class Optimizer(Protocol):
+    """Updates parameters in place from their gradients, keeping its own state."""
+
+    def step(self, params: Params, grads: Params) -> None:
+        """theta <- update(theta, dL/dtheta) for every named parameter."""
+
+
+class Dataset(Protocol):
+    """A source of training batches."""
+
+    input_size: int
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+        """An endless stream of batches; ``batch_size`` 0 means the whole data set."""
+
+
+class Model(Protocol):
+    """A trainable network with an explicit backward pass."""
+
+    params: Params
+
+    def loss_and_grads(self, batch: Batch, state: State | None) -> StepResult:
+        """Forward over ``batch`` from ``state`` (None: zero state), loss, and BPTT."""
+
+
+class Task(Protocol):
+    """A tutorial: a model on a dataset, with its metrics, samples and pictures."""
+
+    model: Model
+    objective: str  # the metric a sweeper optimises
+    maximize: bool
+
+    def trace(self) -> dict[str, float]:
+        """Cheap extra metrics recorded after every update (e.g. the weights)."""
+
+    def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
+        """Metrics, samples and figures of the model now; ``final`` at the end of training."""
+
+
+CellMaker = Callable[[int, int], Cell]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the engine hands a task factory: the chosen components, ready to use.
+
+    ``make_cell(input_size, hidden_size)`` builds the chosen cell with its
+    configured options; ``rng(name)`` gives the seeded random stream ``name``.
+    """
+
+    dataset: Dataset
+    make_cell: CellMaker
+    loss: Loss
+    rng: Callable[[str], np.random.Generator]
+    dtype: np.dtype
+
+
+@dataclass
+class RunInfo:
+    """A run as the observers see it."""
+
+    task: str
+    experiment: str
+    config: dict[str, Any]
+    overrides: list[str]
+    steps: int
+    run_name: str | None = None
+    launch_dir: Path = field(default_factory=Path.cwd)  # where the user ran the command
+    links: dict[str, str] = field(default_factory=dict)  # observers may add (e.g. 'mlflow_run_id')

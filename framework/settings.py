@@ -1,0 +1,47 @@
+"""The run-wide settings: seed, precision, training loop and tracking.
+
+These dataclasses are the single source of the defaults under ``train.*``,
+``tracking.*``, ``seed`` and ``dtype`` (stored in Hydra's ConfigStore as the
+``framework_settings`` node that conf/config.yaml starts from) and of the
+checks applied to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framework.config import param
+
+
+@dataclass
+class TrainSettings:
+    """The training loop."""
+
+    steps: int = param(100, ge=1, doc="number of optimizer updates")
+    batch_size: int = param(0, ge=0, doc="sequences per update; 0: the whole data set (full batch)")
+    eval_every: int = param(0, ge=0, doc="evaluate (metrics, samples, figures) every N steps; 0: only at the end")
+    clip_value: float | None = param(None, gt=0, doc="clip every gradient element to [-v, v] (null: off)")
+    clip_norm: float | None = param(None, gt=0, doc="rescale the gradients when their global norm exceeds this")
+
+
+@dataclass
+class TrackingSettings:
+    """Where and how the run is recorded (MLflow)."""
+
+    enabled: bool = param(True, doc="record the run in MLflow")
+    uri: str | None = param(
+        None, doc="tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<launch dir>/mlruns/mlflow.db"
+    )
+    experiment: str | None = param(None, doc="experiment name; null: the task's name")
+    run_name: str | None = param(None, doc="run name; null: MLflow picks one")
+    flush_every: int = param(1000, ge=1, doc="write buffered metrics after this many values")
+
+
+@dataclass
+class Settings:
+    """Everything of a run that is not a component."""
+
+    seed: int = param(0, ge=0, doc="the seed of every random stream of the run")
+    dtype: str = param("float64", choices=("float64", "float32"), doc="floating-point precision")
+    train: TrainSettings = field(default_factory=TrainSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)

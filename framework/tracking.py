@@ -1,0 +1,221 @@
+"""MLflow tracking: a plugin on the run-event hooks.
+
+Where runs go: ``tracking.uri`` if set, else ``$MLFLOW_TRACKING_URI``, else an
+embedded SQLite store ``sqlite:///<launch dir>/mlruns/mlflow.db`` with the
+artifacts beside it in ``mlruns/artifacts/``, resolved to absolute paths from
+the directory where the command was launched (never Hydra's output folder).
+
+What a run records: the flattened config as params, the composed config and
+the command-line overrides as YAML artifacts, the git commit and command line
+as tags, ``loss`` (and the other per-step metrics) at every step, written in
+batches, the evaluation metrics, sampled outputs as text artifacts, figures as
+PNGs, and the final status with the error that ended it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from framework.config import flatten
+from framework.hookspecs import hookimpl
+from framework.protocols import Evaluation, RunInfo
+
+log = logging.getLogger(__name__)
+
+STORE_DIR = "mlruns"
+DATABASE = "mlflow.db"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
+METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; ``str()`` is one line naming it."""
+
+
+def resolve_uri(setting: str | None, launch_dir: Path) -> str:
+    """The tracking URI: ``setting``, else $MLFLOW_TRACKING_URI, else the embedded store.
+
+    A relative ``sqlite:///path`` is made absolute against ``launch_dir``.
+    """
+    uri = setting or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{launch_dir / STORE_DIR / DATABASE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(launch_dir / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:////abs/path`` URI, None for other stores."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:////") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation across processes for an embedded SQLite store.
+
+    Two processes creating the tables of a fresh SQLite file at once, or the
+    same experiment at once, race; an exclusive lock on ``<db>.lock`` orders them.
+    """
+    database = sqlite_path(uri)
+    if database is None:
+        yield
+        return
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(database.with_suffix(".lock"), "w")  # noqa: SIM115 - held for the block
+    except OSError as error:
+        raise TrackingError(f"cannot create the tracking store {uri}: {error.strerror}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of an embedded store live beside its database: mlruns/artifacts/<experiment>."""
+    database = sqlite_path(uri)
+    if database is None:
+        return None  # a server decides
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
+    return (database.parent / "artifacts" / slug).as_uri()
+
+
+def git_commit() -> str | None:
+    """The commit of the framework's own checkout, if it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class MlflowTracker:
+    """Records each run in MLflow through :class:`mlflow.MlflowClient` (no global active run)."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.buffer: list[Any] = []
+        self.flush_every = 1000
+
+    # -- run events ---------------------------------------------------------
+
+    @hookimpl
+    def framework_run_started(self, run: RunInfo) -> None:
+        settings = run.config["tracking"]
+        if not settings["enabled"]:
+            return
+        self.flush_every = settings["flush_every"]
+        uri = resolve_uri(settings["uri"], run.launch_dir)
+        client, experiment_id = self._connect(uri, run.experiment)
+        tags = {"command": "python -m framework " + shlex.join(run.overrides), "framework.task": run.task}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        created = client.create_run(experiment_id, tags=tags, run_name=run.run_name)
+        self.client, self.run_id = client, created.info.run_id
+        run.links["mlflow_run_id"] = self.run_id
+        self._log_params(run.config)
+        client.log_text(self.run_id, yaml.safe_dump(run.config, sort_keys=False), "config.yaml")
+        client.log_text(self.run_id, yaml.safe_dump(list(run.overrides)), "overrides.yaml")
+        log.info("Tracking run %s in experiment %r at %s", self.run_id, run.experiment, uri)
+
+    @hookimpl
+    def framework_metrics(self, run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+        if len(self.buffer) >= self.flush_every:
+            self.flush()
+
+    @hookimpl
+    def framework_evaluation(self, run: RunInfo, step: int, evaluation: Evaluation, final: bool) -> None:
+        if self.run_id is None:
+            return
+        self.framework_metrics(run=run, step=step, metrics=evaluation.metrics)
+        self.flush()
+        folder = "" if final else f"step_{step:07d}/"
+        for name, text in evaluation.samples.items():
+            self.client.log_text(self.run_id, text, f"samples/{folder}{name}.txt")
+        for name, figure in evaluation.figures.items():
+            self.client.log_figure(self.run_id, figure, f"figures/{folder}{name}.png")
+
+    @hookimpl
+    def framework_run_ended(self, run: RunInfo, status: str, error: str | None) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+            if error:
+                self.client.set_tag(self.run_id, "error", error[:5000])
+        finally:
+            self.client.set_terminated(self.run_id, status)
+            self.client, self.run_id, self.buffer = None, None, []
+
+    # -- helpers ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the buffered metrics, at most 1000 a call."""
+        buffer, self.buffer = self.buffer, []
+        for start in range(0, len(buffer), METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=buffer[start : start + METRICS_PER_BATCH], synchronous=True)
+
+    def _connect(self, uri: str, experiment: str) -> tuple[Any, str]:
+        """A client for ``uri`` and the id of ``experiment``, created if needed, safely under concurrency."""
+        for name in ("alembic", "mlflow.store.db.utils"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        with store_lock(uri):
+            try:
+                client = MlflowClient(tracking_uri=uri)
+                for _ in range(5):
+                    found = client.get_experiment_by_name(experiment)
+                    if found is not None:
+                        if found.lifecycle_stage != "active":
+                            raise TrackingError(
+                                f"experiment {experiment!r} is deleted in {uri}: restore it "
+                                "(mlflow experiments restore) or set tracking.experiment=<another name>"
+                            )
+                        return client, found.experiment_id
+                    try:
+                        return client, client.create_experiment(experiment, artifact_location(uri, experiment))
+                    except MlflowException as error:  # another process created it first: read it back
+                        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                            raise
+            except MlflowException as error:
+                first_line = (str(error).splitlines() or [""])[0]
+                raise TrackingError(f"cannot use the tracking store {uri}: {first_line}") from None
+        raise TrackingError(f"cannot create experiment {experiment!r} in {uri}")
+
+    def _log_params(self, config: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
+        for start in range(0, len(params), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[start : start + PARAMS_PER_BATCH], synchronous=True)
+
+
+tracker = MlflowTracker()  # the plugin object (see plugins.DEFAULT_PLUGINS)

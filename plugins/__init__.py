@@ -1,0 +1,1 @@
+"""The tutorial tasks, each a plugin registered through the ``framework`` entry points."""

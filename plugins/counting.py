@@ -1,0 +1,168 @@
+"""The counting tutorial: a two-weight linear RNN learns to count ones.
+
+    s_k = x_k w_x + s_{k-1} w_rec,   s_0 = 0,   y = s_n,   L = sum_i (t_i - y_i)^2 / N
+
+The exact solution is w_x = w_rec = 1. From the tutorial's start (-1.5, 2) the
+cost surface is extremely steep for |w_rec| > 1 (exploding gradients) and flat
+for |w_rec| < 1 (vanishing), so plain gradient descent diverges while Rprop,
+which uses only the gradient's sign, converges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from framework.config import ConfigError, param
+from framework.data import ArrayDataset
+from framework.hookspecs import hookimpl
+from framework.nn.model import RecurrentModel
+from framework.protocols import Batch, Evaluation, Parts
+from framework.registry import Recipe
+
+# the points whose gradient flow over time the tutorial draws
+GRADIENT_POINTS = ((2.0, 1.0), (1.0, 2.0), (1.0, -2.0), (1.0, 0.0), (1.0, 0.5), (1.0, -0.5))
+SURFACE_VIEWS = {"overview": (-3.0, 3.0), "zoom": (0.0, 2.0)}
+
+
+@dataclass
+class BitsConfig:
+    """Random bit sequences; the target of each is its number of ones."""
+
+    sequences: int = param(20, ge=1, doc="number of sequences N")
+    length: int = param(10, ge=1, doc="bits per sequence n")
+    p_one: float = param(0.5, gt=0, lt=1, doc="probability of a one")
+
+
+def make_bits(config: BitsConfig, rng: np.random.Generator, dtype: np.dtype) -> ArrayDataset:
+    """x (N, n, 1) with x_k ~ Bernoulli(p), t = sum_k x_k (N, 1)."""
+    bits = (rng.random((config.sequences, config.length)) < config.p_one).astype(dtype)
+    return ArrayDataset(bits[..., None], bits.sum(axis=1, keepdims=True))
+
+
+@dataclass
+class CountingConfig:
+    """Count the ones with s_k = x_k w_x + s_{k-1} w_rec and y = s_n."""
+
+    w_x: float = param(-1.5, doc="initial input weight w_x (the tutorial starts at -1.5)")
+    w_rec: float = param(2.0, doc="initial recurrent weight w_rec (the tutorial starts at 2)")
+    test_bits: str = param("011000010011", doc="the bits whose count is reported as test_output")
+    grid: int = param(150, ge=10, doc="points per axis of the cost-surface figure")
+
+    def __post_init__(self) -> None:
+        if not self.test_bits or set(self.test_bits) - {"0", "1"}:
+            raise ConfigError("test_bits", self.test_bits, "a non-empty string of 0s and 1s")
+
+
+class CountingTask:
+    """The counting tutorial: metrics w_x, w_rec, test_output; the tutorial's figures."""
+
+    objective = "loss"
+    maximize = False
+
+    def __init__(self, config: CountingConfig, parts: Parts) -> None:
+        self.config = config
+        self.data: ArrayDataset = parts.dataset
+        cell = parts.make_cell(self.data.input_size, 1)
+        self.model = RecurrentModel(cell, parts.loss, last_only=True)
+        # w_x and w_rec are the scalar weights of a one-unit linear or Elman cell
+        self.weights = {k: cell.params[k] for k in ("Wx", "Wh") if cell.params.get(k, np.empty(0)).shape == (1, 1)}
+        if len(self.weights) == 2:
+            self.weights["Wx"][...], self.weights["Wh"][...] = config.w_x, config.w_rec
+        self.start = self.trace()
+        self.test_x = np.array([float(b) for b in config.test_bits], dtype=parts.dtype)[None, :, None]
+
+    def trace(self) -> dict[str, float]:
+        """The two weights after every update, so the path over the cost surface is recorded."""
+        if len(self.weights) < 2:
+            return {}
+        return {"w_x": float(self.weights["Wx"][0, 0]), "w_rec": float(self.weights["Wh"][0, 0])}
+
+    def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
+        """The final weights, the loss on all sequences and the count of ``test_bits``."""
+        whole = Batch(self.data.inputs, self.data.targets)
+        loss, _ = self.model.loss(self.model.outputs(whole.inputs)[0], whole.targets)
+        test_output = float(self.model.outputs(self.test_x)[0][0, 0])
+        ones = self.config.test_bits.count("1")
+        metrics = {**self.trace(), "loss": loss, "test_output": test_output}
+        sample = f"{' '.join(self.config.test_bits)} has {ones} ones; the model counts {test_output:.4f}\n"
+        figures = {}
+        if final and len(self.weights) == 2:
+            path = np.array([[self.start["w_x"], *history["w_x"]], [self.start["w_rec"], *history["w_rec"]]])
+            figures = {"cost_surface": self.cost_surface_figure(path), "gradient_over_time": self.gradient_figure()}
+        return Evaluation(metrics=metrics, samples={"test_output": sample}, figures=figures)
+
+    # -- the tutorial's pictures ---------------------------------------------
+
+    def cost_surface(self, w_x: np.ndarray, w_rec: np.ndarray) -> np.ndarray:
+        """L(w_x, w_rec) on a grid: the model's recurrence, vectorised over the weights."""
+        wx, wr = np.meshgrid(w_x, w_rec, indexing="xy")  # (G_rec, G_x)
+        s = np.zeros((*wx.shape, len(self.data.inputs)))
+        for k in range(self.data.inputs.shape[1]):
+            s = self.data.inputs[:, k, 0] * wx[..., None] + s * wr[..., None]
+        return np.mean((self.data.targets[:, 0] - s) ** 2, axis=-1)
+
+    def cost_surface_figure(self, path: np.ndarray):
+        """The cost surface on a log colour scale (overview and zoom) with the optimisation path."""
+        from matplotlib.colors import LogNorm
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(12, 5.2), layout="constrained")
+        for ax, (view, (low, high)) in zip(figure.subplots(1, 2), SURFACE_VIEWS.items(), strict=True):
+            axis = np.linspace(low, high, self.config.grid)
+            cost = np.clip(self.cost_surface(axis, axis), 1e-8, None)
+            mesh = ax.pcolormesh(axis, axis, cost, norm=LogNorm(), cmap="viridis", shading="auto")
+            figure.colorbar(mesh, ax=ax, label="loss (log scale)")
+            ax.plot(path[0], path[1], "-", color="white", lw=1.2, label="optimisation path")
+            ax.plot(*path[:, 0], "o", color="red", label="start")
+            ax.plot(*path[:, -1], "*", color="orange", ms=12, label="end")
+            ax.plot(1, 1, "+", color="black", ms=12, label="solution (1, 1)")
+            ax.set(
+                xlim=(low, high), ylim=(low, high), xlabel="$w_x$", ylabel="$w_{rec}$", title=f"cost surface ({view})"
+            )
+            ax.legend(loc="lower left", fontsize=8)
+        return figure
+
+    def gradient_figure(self):
+        """dL/dS_k over the time steps k for the tutorial's six points (symlog scale)."""
+        from matplotlib.figure import Figure
+
+        batch = Batch(self.data.inputs, self.data.targets)
+        saved = {k: v.copy() for k, v in self.weights.items()}
+        figure = Figure(figsize=(7, 4.5), layout="constrained")
+        ax = figure.subplots()
+        for w_x, w_rec in GRADIENT_POINTS:
+            self.weights["Wx"][...], self.weights["Wh"][...] = w_x, w_rec
+            flow = self.model.loss_and_grads(batch, None).state_grads.mean(axis=0)[:, 0]  # dL/dS_k
+            ax.plot(np.arange(1, len(flow) + 1), flow, "o-", label=f"$(w_x, w_{{rec}})$ = ({w_x:g}, {w_rec:g})")
+        for k, v in saved.items():
+            self.weights[k][...] = v
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set(xlabel="time step k", ylabel="$\\partial L / \\partial S_k$ (mean over sequences)")
+        ax.set_title("gradient flowing back through time")
+        ax.legend(fontsize=8)
+        return figure
+
+
+@hookimpl
+def framework_register_datasets(register) -> None:
+    register("counting_bits", make_bits, BitsConfig)
+
+
+@hookimpl
+def framework_register_tasks(register) -> None:
+    register(
+        "counting",
+        CountingTask,
+        CountingConfig,
+        Recipe(
+            dataset="counting_bits",
+            cell="linear",
+            loss="mse",
+            # the tutorial's Rprop: sign rule, Delta_0 = 0.001, no step bounds
+            optim=("rprop", {"variant": "plain", "step_init": 0.001, "step_min": 0.0, "step_max": None}),
+            train={"steps": 500, "batch_size": 0},
+        ),
+    )
