@@ -86,6 +86,9 @@ class Loss(Protocol):
     ) -> tuple[float, np.ndarray]:
         """(L, dL/d outputs)."""
 
+    def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Valid targets for ``outputs`` of this shape (the gradient check uses them)."""
+
 
 class Optimizer(Protocol):
     """Updates parameters in place from their gradients, keeping its own state."""

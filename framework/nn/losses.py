@@ -37,6 +37,10 @@ class MeanSquaredError:
         weighted = weights * diff
         return float(np.sum(weighted * diff) / count), 2.0 * weighted / count
 
+    def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Real-valued targets t ~ N(0, 1) of the outputs' shape."""
+        return rng.standard_normal(outputs.shape)
+
 
 @hookimpl
 def framework_register_losses(register) -> None:

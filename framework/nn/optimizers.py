@@ -91,8 +91,8 @@ class Rprop:
         c = self.config
         for name, theta in params.items():
             g = grads[name]
-            prev = self.prev.get(name, np.zeros_like(g))
-            delta = self.steps.get(name, np.full_like(g, c.step_init))
+            prev = self.prev.get(name, np.zeros_like(theta))
+            delta = self.steps.get(name, np.full_like(theta, c.step_init))
             if c.variant == "plain":
                 sign = np.sign(g)
                 delta = delta * np.where(sign == prev, c.eta_plus, c.eta_minus)
@@ -106,7 +106,7 @@ class Rprop:
             delta = np.clip(delta, c.step_min, c.step_max)
             move = -np.sign(g) * delta
             if c.variant == "rprop+":
-                move = np.where(flipped, -self.last_move.get(name, np.zeros_like(g)), move)
+                move = np.where(flipped, -self.last_move.get(name, np.zeros_like(theta)), move)
                 self.last_move[name] = np.where(flipped, 0.0, move)
             theta += move
             self.prev[name], self.steps[name] = (np.sign(g) if c.variant == "plain" else g), delta
