@@ -13,6 +13,8 @@ from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import engine, plugins
@@ -21,10 +23,25 @@ from framework.registry import PluginError
 from framework.tracking import TrackingError
 
 
+class JobFailedError(CompactHydraException):
+    """One job of a sweep failed; Hydra goes on with the others and reports it (one line) at the end."""
+
+
 def fail(message: object, code: int) -> NoReturn:
     """Print ``framework: error: <message>`` (one line) and exit with ``code``."""
     print(f"framework: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def fail_job(message: object, code: int) -> NoReturn:
+    """End a failed job: the whole program for a single run, only this job in a sweep.
+
+    In a ``--multirun`` the other jobs still run; Hydra exits non-zero at the end.
+    """
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        fail(message, code)
+    print(f"framework: error: job {HydraConfig.get().job.num}: {message}", file=sys.stderr)
+    raise JobFailedError(str(message)) from None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://framework.conf", config_name="config")
@@ -34,9 +51,9 @@ def run(cfg: DictConfig) -> float:
     try:
         return engine.execute(cfg, list(hydra_config.overrides.task), Path(hydra_config.runtime.cwd))
     except (ConfigError, PluginError) as error:
-        fail(error, 2)
+        fail_job(error, 2)
     except (engine.DivergenceError, TrackingError) as error:
-        fail(error, 1)
+        fail_job(error, 1)
     except KeyboardInterrupt:
         fail("interrupted; the run is recorded as KILLED", 130)
 
