@@ -125,17 +125,13 @@ class MlflowTracker:
             return
         self.flush_every = settings["flush_every"]
         uri = resolve_uri(settings["uri"], run.launch_dir)
-        client, experiment_id = self._connect(uri, run.experiment)
-        tags = {"command": "python -m framework " + shlex.join(run.overrides), "framework.task": run.task}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        created = client.create_run(experiment_id, tags=tags, run_name=run.run_name)
-        self.client, self.run_id = client, created.info.run_id
-        run.links["mlflow_run_id"] = self.run_id
-        self._log_params(run.config)
-        client.log_text(self.run_id, yaml.safe_dump(run.config, sort_keys=False), "config.yaml")
-        client.log_text(self.run_id, yaml.safe_dump(list(run.overrides)), "overrides.yaml")
+        try:
+            self._start(run, uri)
+        except TrackingError:
+            raise
+        except Exception as error:  # any store failure: one line naming the store
+            first_line = (str(error).splitlines() or [""])[0]
+            raise TrackingError(f"cannot record the run in {uri}: {type(error).__name__}: {first_line}") from error
         log.info("Tracking run %s in experiment %r at %s", self.run_id, run.experiment, uri)
 
     @hookimpl
@@ -180,6 +176,20 @@ class MlflowTracker:
         buffer, self.buffer = self.buffer, []
         for start in range(0, len(buffer), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=buffer[start : start + METRICS_PER_BATCH], synchronous=True)
+
+    def _start(self, run: RunInfo, uri: str) -> None:
+        """Create the run in ``uri`` and log its params, config, overrides and tags."""
+        client, experiment_id = self._connect(uri, run.experiment)
+        tags = {"command": shlex.join(["python", "-m", "framework", *run.overrides]), "framework.task": run.task}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        created = client.create_run(experiment_id, tags=tags, run_name=run.run_name)
+        self.client, self.run_id = client, created.info.run_id  # from here on, run_ended closes it
+        run.links["mlflow_run_id"] = self.run_id
+        self._log_params(run.config)
+        client.log_text(self.run_id, yaml.safe_dump(run.config, sort_keys=False), "config.yaml")
+        client.log_text(self.run_id, yaml.safe_dump(list(run.overrides)), "overrides.yaml")
 
     def _connect(self, uri: str, experiment: str) -> tuple[Any, str]:
         """A client for ``uri`` and the id of ``experiment``, created if needed, safely under concurrency."""
