@@ -141,7 +141,7 @@ def train(run: Run, hook: Any) -> Evaluation:
                 clip_by_value(result.grads, settings.clip_value)
             if settings.clip_norm is not None:
                 clip_by_norm(result.grads, settings.clip_norm, norm)
-            run.optimizer.step(model.params, result.grads)
+            run.optimizer.step(model.params, result.grads, result.loss)
             metrics = {"loss": result.loss, "grad_norm": norm, **run.task.trace()}
             history.record(metrics)
             hook.framework_metrics(run=run.info, step=step, metrics=metrics)

@@ -93,8 +93,12 @@ class Loss(Protocol):
 class Optimizer(Protocol):
     """Updates parameters in place from their gradients, keeping its own state."""
 
-    def step(self, params: Params, grads: Params) -> None:
-        """theta <- update(theta, dL/dtheta) for every named parameter."""
+    def step(self, params: Params, grads: Params, loss: float) -> None:
+        """theta <- update(theta, dL/dtheta) for every named parameter, in place.
+
+        ``loss`` is the loss these gradients belong to (iRprop+ compares it
+        with the previous one; most optimizers ignore it).
+        """
 
 
 class Dataset(Protocol):

@@ -37,7 +37,7 @@ class MyOpt:
     def __init__(self, config):
         self.lr = config.lr
 
-    def step(self, params, grads):
+    def step(self, params, grads, loss):
         for name, theta in params.items():
             theta -= self.lr * np.sign(grads[name])
 
@@ -69,7 +69,7 @@ class FakeRprop:
     def __init__(self, config):
         self.config = config
 
-    def step(self, params, grads):
+    def step(self, params, grads, loss):
         pass
 
 

@@ -68,7 +68,7 @@ class Halve:
     def __init__(self, config):
         self.factor = config.factor
 
-    def step(self, params, grads):
+    def step(self, params, grads, loss):
         for p in params.values():
             p *= self.factor
 
@@ -91,6 +91,7 @@ def test_hook_framework_register_optimizers(pm, add_plugin, compose):
 
 def test_hook_framework_register_cells(pm, add_plugin, compose):
     from framework.nn.cells import ElmanCell
+    from framework.nn.init import InitConfig
 
     @dataclass
     class ReluConfig:
@@ -101,7 +102,7 @@ def test_hook_framework_register_cells(pm, add_plugin, compose):
         def framework_register_cells(self, register):
             register(
                 "relu_rnn",
-                lambda c, i, h, rng, dtype: ElmanCell(i, h, "relu", True, "uniform", 0.5, rng, dtype),
+                lambda c, i, h, rng, dtype: ElmanCell(i, h, "relu", True, InitConfig(), rng, dtype),
                 ReluConfig,
             )
 

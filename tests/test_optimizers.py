@@ -16,7 +16,7 @@ def trajectory(optimizer, grads=GRADS, start=0.0) -> list[float]:
     w = np.array([start])
     path = []
     for g in grads:
-        optimizer.step({"w": w}, {"w": np.array([g])})
+        optimizer.step({"w": w}, {"w": np.array([g])}, 0.0)
         path.append(float(w[0]))
     return path
 
@@ -53,8 +53,8 @@ def test_rprop_step_bounds():
 def test_rprop_works_per_weight():
     optimizer = rprop("plain")
     w = np.array([0.0, 0.0])
-    optimizer.step({"w": w}, {"w": np.array([1.0, -1.0])})
-    optimizer.step({"w": w}, {"w": np.array([1.0, 1.0])})
+    optimizer.step({"w": w}, {"w": np.array([1.0, -1.0])}, 0.0)
+    optimizer.step({"w": w}, {"w": np.array([1.0, 1.0])}, 0.0)
     np.testing.assert_allclose(w, [-0.05 - 0.06, 0.05 - 0.025])
 
 

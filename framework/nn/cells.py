@@ -16,12 +16,13 @@ flowing back from step t+1:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from framework.config import param
 from framework.hookspecs import hookimpl
+from framework.nn.init import InitConfig, init_weights
 from framework.protocols import CellGradients
 
 
@@ -36,16 +37,6 @@ ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.nd
     "sigmoid": (_sigmoid, lambda h: h * (1.0 - h)),
     "relu": (lambda z: np.maximum(z, 0.0), lambda h: (h > 0).astype(h.dtype)),
 }
-INITS = ("uniform", "normal")
-
-
-def init_weights(
-    shape: tuple[int, ...], scheme: str, scale: float, rng: np.random.Generator, dtype: np.dtype
-) -> np.ndarray:
-    """W ~ U(-scale, scale) for ``uniform``, W ~ N(0, scale^2) for ``normal``."""
-    if scheme == "uniform":
-        return rng.uniform(-scale, scale, size=shape).astype(dtype)
-    return (scale * rng.standard_normal(shape)).astype(dtype)
 
 
 class ElmanCell:
@@ -57,17 +48,15 @@ class ElmanCell:
         hidden_size: int,
         activation: str,
         bias: bool,
-        init: str,
-        init_scale: float | None,
+        init: InitConfig,
         rng: np.random.Generator,
         dtype: np.dtype,
     ) -> None:
-        scale = init_scale if init_scale is not None else 1.0 / np.sqrt(hidden_size)
         self.hidden_size = hidden_size
         self.f, self.f_prime = ACTIVATIONS[activation]
         self.params = {
-            "Wx": init_weights((input_size, hidden_size), init, scale, rng, dtype),
-            "Wh": init_weights((hidden_size, hidden_size), init, scale, rng, dtype),
+            "Wx": init_weights((input_size, hidden_size), init, hidden_size, rng, dtype),
+            "Wh": init_weights((hidden_size, hidden_size), init, hidden_size, rng, dtype),
         }
         if bias:
             self.params["b"] = np.zeros(hidden_size, dtype=dtype)
@@ -113,15 +102,11 @@ class ElmanCell:
         return CellGradients(params=grads, inputs=dz @ Wx.T, state=dh_next, states=dh_steps)
 
 
-INIT_SCALE_DOC = "weight scale s: U(-s, s) or N(0, s^2); null: 1/sqrt(hidden)"
-
-
 @dataclass
 class LinearConfig:
     """The linear cell of the counting tutorial: h_t = x_t Wx + h_{t-1} Wh."""
 
-    init: str = param("uniform", choices=INITS, doc="weight initialisation scheme")
-    init_scale: float | None = param(None, gt=0, doc=INIT_SCALE_DOC)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 @dataclass
@@ -130,20 +115,17 @@ class RNNConfig:
 
     activation: str = param("tanh", choices=tuple(ACTIVATIONS), doc="the non-linearity f")
     bias: bool = param(True, doc="learn the bias b")
-    init: str = param("uniform", choices=INITS, doc="weight initialisation scheme")
-    init_scale: float | None = param(None, gt=0, doc=INIT_SCALE_DOC)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 def make_linear(config: LinearConfig, input_size: int, hidden_size: int, rng, dtype) -> ElmanCell:
     """The linear cell: an Elman cell with f = identity and no bias."""
-    return ElmanCell(input_size, hidden_size, "identity", False, config.init, config.init_scale, rng, dtype)
+    return ElmanCell(input_size, hidden_size, "identity", False, config.init, rng, dtype)
 
 
 def make_rnn(config: RNNConfig, input_size: int, hidden_size: int, rng, dtype) -> ElmanCell:
     """The Elman cell with the configured activation."""
-    return ElmanCell(
-        input_size, hidden_size, config.activation, config.bias, config.init, config.init_scale, rng, dtype
-    )
+    return ElmanCell(input_size, hidden_size, config.activation, config.bias, config.init, rng, dtype)
 
 
 @hookimpl

@@ -35,7 +35,7 @@ class SGD:
         self.config = config
         self.velocity: Params = {}
 
-    def step(self, params: Params, grads: Params) -> None:
+    def step(self, params: Params, grads: Params, loss: float) -> None:
         c = self.config
         for name, theta in params.items():
             g = grads[name] + c.weight_decay * theta if c.weight_decay else grads[name]
@@ -87,7 +87,7 @@ class Rprop:
         self.steps: Params = {}
         self.last_move: Params = {}
 
-    def step(self, params: Params, grads: Params) -> None:
+    def step(self, params: Params, grads: Params, loss: float) -> None:
         c = self.config
         for name, theta in params.items():
             g = grads[name]
