@@ -41,6 +41,7 @@ class CellGradients:
     inputs: np.ndarray  # dL/dx_k: (B, T, I)
     state: State  # dL/ds_0, the gradient of the initial state
     states: np.ndarray  # dL/dh_k for every step k = 1..T: (B, T, H), the gradient flowing back in time
+    cell_states: np.ndarray | None = None  # dL/dc_k likewise, for cells with a memory c (LSTM)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Evaluation:
     """What a task reports when evaluated: numbers, sampled outputs, pictures."""
 
     metrics: dict[str, float] = field(default_factory=dict)
-    samples: dict[str, str] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)  # name -> text
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {column: values}
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
 
 

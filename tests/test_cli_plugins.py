@@ -160,7 +160,7 @@ def test_plugin_optimizer_is_listed_with_its_plugin_and_version(cli, install_plu
     unknown = cli("optim=nope", env=env)
     assert unknown.returncode != 0
     listing = unknown.stderr.split("Available options in 'optim':")[1].split()
-    assert listing[:3] == ["myopt", "rprop", "sgd"]
+    assert "myopt" in listing and "rprop" in listing
 
 
 def test_plugin_optimizer_is_selectable_and_really_runs(cli, install_plugin, default_store):

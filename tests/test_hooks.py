@@ -236,7 +236,7 @@ def test_removing_a_plugin_removes_its_options(pm, add_plugin):
     assert "halve.yaml" in ConfigStore.instance().repo["optim"]
     pm.remove("temporary")
     assert "halve.yaml" not in ConfigStore.instance().repo["optim"]
-    with pytest.raises(PluginError, match="no optim named 'halve'; registered: rprop, sgd"):
+    with pytest.raises(PluginError, match=r"no optim named 'halve'; registered: .*rprop, sgd"):
         pm.registry.get("optim", "halve")
 
 

@@ -11,6 +11,36 @@ flowing back from step t+1:
     dh_t  = dL/dh_t (outputs) + dz_{t+1} Wh^T      dz_t = dh_t * f'(h_t)
     dWx   = sum_t x_t^T dz_t     dWh = sum_t h_{t-1}^T dz_t     db = sum_t dz_t
     dx_t  = dz_t Wx^T            dh_0 = dz_1 Wh^T
+
+LSTM (``lstm``), state s_t = (h_t, c_t), the four gates fused in one matrix
+in PyTorch's order i, f, g, o (a_t = [a_i, a_f, a_g, a_o], each (B, H)):
+
+    a_t = x_t Wx + h_{t-1} Wh + b
+    i = sigmoid(a_i)   f = sigmoid(a_f)   g = tanh(a_g)   o = sigmoid(a_o)
+    c_t = f * c_{t-1} + i * g            h_t = o * tanh(c_t)
+
+Backward (dh_t and dc_t are the total gradients arriving at h_t and c_t):
+
+    dh_t  = dL/dh_t (outputs) + da_{t+1} Wh^T
+    dc_t  = dc_{t+1} * f_{t+1} + dh_t * o * (1 - tanh^2(c_t))
+    da_i  = dc_t * g * i (1 - i)        da_f = dc_t * c_{t-1} * f (1 - f)
+    da_g  = dc_t * i * (1 - g^2)        da_o = dh_t * tanh(c_t) * o (1 - o)
+    dWx   = sum_t x_t^T da_t   dWh = sum_t h_{t-1}^T da_t   db = sum_t da_t   dx_t = da_t Wx^T
+
+GRU (``gru``), PyTorch's convention, gates in the order r, z, n; the hidden
+projection keeps its own bias because r multiplies it inside n:
+
+    u_t = x_t Wx + bx = [u_r, u_z, u_n]       v_t = h_{t-1} Wh + bh = [v_r, v_z, v_n]
+    r = sigmoid(u_r + v_r)   z = sigmoid(u_z + v_z)   n = tanh(u_n + r * v_n)
+    h_t = (1 - z) * n + z * h_{t-1}
+
+Backward:
+
+    dh_t  = dL/dh_t (outputs) + dh_{t+1} * z_{t+1} + dv_{t+1} Wh^T
+    du_n  = dh_t * (1 - z) * (1 - n^2)     dv_n = du_n * r
+    du_r  = dv_r = du_n * v_n * r (1 - r)  du_z = dv_z = dh_t * (h_{t-1} - n) * z (1 - z)
+    dWx   = sum_t x_t^T du_t   dbx = sum_t du_t   dWh = sum_t h_{t-1}^T dv_t   dbh = sum_t dv_t
+    dx_t  = du_t Wx^T
 """
 
 from __future__ import annotations
@@ -20,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from framework.config import param
+from framework.config import ConfigError, param
 from framework.hookspecs import hookimpl
 from framework.nn.init import InitConfig, init_weights
 from framework.protocols import CellGradients
@@ -102,6 +132,173 @@ class ElmanCell:
         return CellGradients(params=grads, inputs=dz @ Wx.T, state=dh_next, states=dh_steps)
 
 
+class LSTMCell:
+    """c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t); the state is the pair (h, c)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        forget_bias: float,
+        init: InitConfig,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+    ) -> None:
+        H = self.hidden_size = hidden_size
+        self.params = {
+            "Wx": init_weights((input_size, 4 * H), init, H, rng, dtype),
+            "Wh": init_weights((H, 4 * H), init, H, rng, dtype),
+        }
+        if bias:
+            b = self.params["b"] = np.zeros(4 * H, dtype=dtype)
+            b[H : 2 * H] = forget_bias  # the f block
+
+    def zero_state(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """s_0 = (h_0, c_0) = (0, 0): two (B, H) arrays."""
+        shape, dtype = (batch_size, self.hidden_size), self.params["Wh"].dtype
+        return np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=dtype)
+
+    def forward(
+        self, x: np.ndarray, state: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple]:
+        """h_t for t = 1..T from x (B, T, I) and (h_0, c_0) = ``state``; the final state is (h_T, c_T)."""
+        Wx, Wh = self.params["Wx"], self.params["Wh"]
+        H = self.hidden_size
+        gates = x @ Wx  # input projections of every step in one matmul: (B, T, 4H), activated in place below
+        if "b" in self.params:
+            gates += self.params["b"]
+        h = np.empty((*gates.shape[:2], H), dtype=gates.dtype)
+        c = np.empty_like(h)
+        tanh_c = np.empty_like(h)
+        h_prev, c_prev = state
+        for t in range(x.shape[1]):
+            a = gates[:, t]
+            a += h_prev @ Wh
+            a[:, : 2 * H] = _sigmoid(a[:, : 2 * H])  # i, f
+            a[:, 2 * H : 3 * H] = np.tanh(a[:, 2 * H : 3 * H])  # g
+            a[:, 3 * H :] = _sigmoid(a[:, 3 * H :])  # o
+            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+            c_prev = c[:, t] = f * c_prev + i * g
+            tanh_c[:, t] = np.tanh(c_prev)
+            h_prev = h[:, t] = o * tanh_c[:, t]
+        return h, (h_prev, c_prev), (x, state, gates, c, tanh_c, h)
+
+    def backward(
+        self, cache: tuple, d_outputs: np.ndarray, d_state: tuple[np.ndarray, np.ndarray] | None
+    ) -> CellGradients:
+        """BPTT: the gradients of Wx, Wh, b, the inputs, (h_0, c_0), and dL/dc_k (equations in the module docstring)."""
+        x, (h0, c0), gates, c, tanh_c, h = cache
+        Wx, Wh = self.params["Wx"], self.params["Wh"]
+        batch, steps, H = h.shape
+        da = np.empty_like(gates)  # dL/da_t, the gate pre-activations
+        dh_steps = np.empty_like(h)
+        dc_steps = np.empty_like(h)
+        dh_next, dc_next = (np.zeros_like(h0), np.zeros_like(c0)) if d_state is None else d_state
+        for t in reversed(range(steps)):
+            i, f, g, o = (gates[:, t, k * H : (k + 1) * H] for k in range(4))
+            c_prev = c[:, t - 1] if t else c0
+            dh = dh_steps[:, t] = d_outputs[:, t] + dh_next
+            dc = dc_steps[:, t] = dc_next + dh * o * (1.0 - tanh_c[:, t] ** 2)
+            da_t = da[:, t]
+            da_t[:, :H] = dc * g * i * (1.0 - i)
+            da_t[:, H : 2 * H] = dc * c_prev * f * (1.0 - f)
+            da_t[:, 2 * H : 3 * H] = dc * i * (1.0 - g * g)
+            da_t[:, 3 * H :] = dh * tanh_c[:, t] * o * (1.0 - o)
+            dc_next = dc * f
+            dh_next = da_t @ Wh.T
+        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
+        da_flat = da.reshape(-1, 4 * H)
+        grads = {
+            "Wx": x.reshape(batch * steps, -1).T @ da_flat,
+            "Wh": h_prev.reshape(-1, H).T @ da_flat,
+        }
+        if "b" in self.params:
+            grads["b"] = da_flat.sum(axis=0)
+        return CellGradients(
+            params=grads, inputs=da @ Wx.T, state=(dh_next, dc_next), states=dh_steps, cell_states=dc_steps
+        )
+
+
+class GRUCell:
+    """h_t = (1 - z) * n + z * h_{t-1} with reset gate r, update gate z, candidate n (PyTorch's convention)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        init: InitConfig,
+        rng: np.random.Generator,
+        dtype: np.dtype,
+    ) -> None:
+        H = self.hidden_size = hidden_size
+        self.params = {
+            "Wx": init_weights((input_size, 3 * H), init, H, rng, dtype),
+            "Wh": init_weights((H, 3 * H), init, H, rng, dtype),
+        }
+        if bias:
+            self.params["bx"] = np.zeros(3 * H, dtype=dtype)
+            self.params["bh"] = np.zeros(3 * H, dtype=dtype)
+
+    def zero_state(self, batch_size: int) -> np.ndarray:
+        """s_0 = 0: (B, H)."""
+        return np.zeros((batch_size, self.hidden_size), dtype=self.params["Wh"].dtype)
+
+    def forward(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
+        Wx, Wh = self.params["Wx"], self.params["Wh"]
+        H = self.hidden_size
+        gates = x @ Wx  # u_t of every step in one matmul: (B, T, 3H), turned into r, z, n in place below
+        if "bx" in self.params:
+            gates += self.params["bx"]
+        h = np.empty((*gates.shape[:2], H), dtype=gates.dtype)
+        v_n = np.empty_like(h)  # h_{t-1} W_hn + b_hn, which r multiplies
+        h_prev = state
+        for t in range(x.shape[1]):
+            a = gates[:, t]
+            v = h_prev @ Wh
+            if "bh" in self.params:
+                v += self.params["bh"]
+            a[:, : 2 * H] = _sigmoid(a[:, : 2 * H] + v[:, : 2 * H])  # r, z
+            r, z = a[:, :H], a[:, H : 2 * H]
+            v_n[:, t] = v[:, 2 * H :]
+            n = a[:, 2 * H :] = np.tanh(a[:, 2 * H :] + r * v[:, 2 * H :])
+            h_prev = h[:, t] = n + z * (h_prev - n)
+        return h, h_prev, (x, state, gates, v_n, h)
+
+    def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
+        """BPTT: the gradients of Wx, Wh, bx, bh, the inputs and h_0 (equations in the module docstring)."""
+        x, h0, gates, v_n, h = cache
+        Wx, Wh = self.params["Wx"], self.params["Wh"]
+        batch, steps, H = h.shape
+        dv = np.empty_like(gates)  # dL/dv_t, the hidden projections
+        du_n = np.empty_like(h)  # dL/du_n; du_r = dv_r and du_z = dv_z
+        dh_steps = np.empty_like(h)
+        dh_next = np.zeros_like(h0) if d_state is None else d_state
+        for t in reversed(range(steps)):
+            r, z, n = (gates[:, t, k * H : (k + 1) * H] for k in range(3))
+            h_prev = h[:, t - 1] if t else h0
+            dh = dh_steps[:, t] = d_outputs[:, t] + dh_next
+            du = du_n[:, t] = dh * (1.0 - z) * (1.0 - n * n)
+            dv_t = dv[:, t]
+            dv_t[:, :H] = du * v_n[:, t] * r * (1.0 - r)
+            dv_t[:, H : 2 * H] = dh * (h_prev - n) * z * (1.0 - z)
+            dv_t[:, 2 * H :] = du * r
+            dh_next = dh * z + dv_t @ Wh.T
+        du_all = np.concatenate([dv[..., : 2 * H], du_n], axis=-1)  # dL/du_t: (B, T, 3H)
+        du_flat, dv_flat = du_all.reshape(-1, 3 * H), dv.reshape(-1, 3 * H)
+        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
+        grads = {
+            "Wx": x.reshape(batch * steps, -1).T @ du_flat,
+            "Wh": h_prev.reshape(-1, H).T @ dv_flat,
+        }
+        if "bx" in self.params:
+            grads["bx"] = du_flat.sum(axis=0)
+            grads["bh"] = dv_flat.sum(axis=0)
+        return CellGradients(params=grads, inputs=du_all @ Wx.T, state=dh_next, states=dh_steps)
+
+
 @dataclass
 class LinearConfig:
     """The linear cell of the counting tutorial: h_t = x_t Wx + h_{t-1} Wh."""
@@ -119,13 +316,65 @@ class RNNConfig:
 
 
 def make_linear(config: LinearConfig, input_size: int, hidden_size: int, rng, dtype) -> ElmanCell:
-    """The linear cell: an Elman cell with f = identity and no bias."""
+    """The linear cell of the counting tutorial, generalised to vectors:
+
+    h_t = x_t Wx + h_{t-1} Wh
+    dh_t = dL/dh_t + dh_{t+1} Wh^T    dWx = sum_t x_t^T dh_t    dWh = sum_t h_{t-1}^T dh_t
+    """
     return ElmanCell(input_size, hidden_size, "identity", False, config.init, rng, dtype)
 
 
 def make_rnn(config: RNNConfig, input_size: int, hidden_size: int, rng, dtype) -> ElmanCell:
-    """The Elman cell with the configured activation."""
+    """The Elman cell, f = tanh, relu, sigmoid or identity:
+
+    z_t = x_t Wx + h_{t-1} Wh + b    h_t = f(z_t)
+    dh_t = dL/dh_t + dz_{t+1} Wh^T    dz_t = dh_t * f'(h_t)
+    dWx = sum_t x_t^T dz_t    dWh = sum_t h_{t-1}^T dz_t    db = sum_t dz_t    dx_t = dz_t Wx^T
+    """
     return ElmanCell(input_size, hidden_size, config.activation, config.bias, config.init, rng, dtype)
+
+
+@dataclass
+class LSTMConfig:
+    """Long short-term memory: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t); gates fused in the order i, f, g, o."""
+
+    bias: bool = param(True, doc="learn the gate biases b")
+    forget_bias: float = param(0.0, doc="added to the initial forget-gate bias (1.0: remember by default)")
+    init: InitConfig = field(default_factory=InitConfig)
+
+    def __post_init__(self) -> None:
+        if not self.bias and self.forget_bias != 0.0:
+            raise ConfigError("forget_bias", self.forget_bias, "0 when bias is false (there is no bias to add it to)")
+
+
+@dataclass
+class GRUConfig:
+    """GRU (PyTorch's): h_t = (1-z)*n + z*h_{t-1}, n = tanh(x_t W_in + b_in + r*(h_{t-1} W_hn + b_hn))."""
+
+    bias: bool = param(True, doc="learn the biases bx and bh")
+    init: InitConfig = field(default_factory=InitConfig)
+
+
+def make_lstm(config: LSTMConfig, input_size: int, hidden_size: int, rng, dtype) -> LSTMCell:
+    """The LSTM cell; state (h, c), the gates fused in Wx, Wh, b in the order i, f, g, o:
+
+    i = sigmoid(a_i)   f = sigmoid(a_f)   g = tanh(a_g)   o = sigmoid(a_o),   a = x_t Wx + h_{t-1} Wh + b
+    c_t = f * c_{t-1} + i * g              h_t = o * tanh(c_t)
+    b starts at 0 with forget_bias added to its f block
+    """
+    return LSTMCell(input_size, hidden_size, config.bias, config.forget_bias, config.init, rng, dtype)
+
+
+def make_gru(config: GRUConfig, input_size: int, hidden_size: int, rng, dtype) -> GRUCell:
+    """The GRU cell (PyTorch's convention); gates fused in the order r, z, n:
+
+    r = sigmoid(x_t W_ir + b_ir + h_{t-1} W_hr + b_hr)
+    z = sigmoid(x_t W_iz + b_iz + h_{t-1} W_hz + b_hz)
+    n = tanh(x_t W_in + b_in + r * (h_{t-1} W_hn + b_hn))
+    h_t = (1 - z) * n + z * h_{t-1}
+    Wx = [W_ir W_iz W_in]   Wh = [W_hr W_hz W_hn]   bx = [b_ir b_iz b_in]   bh = [b_hr b_hz b_hn]
+    """
+    return GRUCell(input_size, hidden_size, config.bias, config.init, rng, dtype)
 
 
 @hookimpl
@@ -133,3 +382,5 @@ def framework_register_cells(register) -> None:
     """The built-in cells."""
     register("linear", make_linear, LinearConfig)
     register("rnn", make_rnn, RNNConfig)
+    register("lstm", make_lstm, LSTMConfig)
+    register("gru", make_gru, GRUConfig)

@@ -21,8 +21,12 @@ def clip_by_value(grads: Params, limit: float) -> None:
 
 
 def clip_by_norm(grads: Params, max_norm: float, norm: float) -> None:
-    """g <- g * max_norm / (||g|| + 1e-6) when ||g|| > max_norm (as torch's clip_grad_norm_)."""
-    if norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
+    """g <- g * min(1, max_norm / (||g|| + 1e-6)), every parameter by the same factor.
+
+    ``norm`` is ||g||, the :func:`global_norm` of ``grads``. This is
+    torch.nn.utils.clip_grad_norm_: the gradients shrink once ||g|| > max_norm - 1e-6.
+    """
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1:
         for g in grads.values():
             g *= scale

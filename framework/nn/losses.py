@@ -1,8 +1,21 @@
-"""Losses on a model's raw outputs, each returning (L, dL/d outputs)."""
+"""Losses on a model's raw outputs, each returning (L, dL/d outputs).
+
+Every loss is a sum of per-item terms l_i weighted by the mask and divided by N:
+
+    L = sum_i m_i l_i / N,   dL/dz = m dl/dz / N
+
+with N the number of unmasked items for ``reduction: mean`` (1 for ``sum``).
+An item is one output element for the element-wise losses (mse, sigmoid
+squared error, binary cross-entropy) and one position (a K-vector of logits)
+for the softmax cross-entropy. The mask, when given, has the outputs' shape
+without the last axis (``(B, T)`` for ``(B, T, K)`` outputs) and weights every
+element of a position. :func:`reduce` is that shared reduction.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -12,11 +25,46 @@ from framework.hookspecs import hookimpl
 REDUCTIONS = ("mean", "sum")
 
 
+def reduce(losses: np.ndarray, grads: np.ndarray, mask: np.ndarray | None, reduction: str) -> tuple[float, np.ndarray]:
+    """(sum m l / N, m dl/dz / N) from per-item losses ``l`` and their gradients ``dl/dz``.
+
+    ``losses`` has the outputs' shape (element-wise losses) or that shape without
+    the last axis (one loss per position); ``grads`` has the outputs' shape. The
+    mask's trailing axes are broadcast over the rest of each. N counts the
+    unmasked items of ``losses`` for ``mean`` (at least 1: a fully masked batch
+    gives L = 0 and a zero gradient) and is 1 for ``sum``.
+    """
+    if mask is None:
+        count = losses.size
+        total, weighted = float(np.sum(losses)), grads
+    else:
+        m = np.asarray(mask, dtype=grads.dtype)
+        if m.shape != losses.shape[: m.ndim]:
+            raise ValueError(f"mask of shape {m.shape} does not fit outputs of shape {grads.shape}")
+        m_losses = m.reshape(m.shape + (1,) * (losses.ndim - m.ndim))
+        count = float(np.sum(np.broadcast_to(m_losses, losses.shape)))
+        total = float(np.sum(m_losses * losses))
+        weighted = m.reshape(m.shape + (1,) * (grads.ndim - m.ndim)) * grads
+    n = max(count, 1) if reduction == "mean" else 1
+    return total / n, weighted / np.asarray(n, dtype=grads.dtype)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)) without overflow: exp(-|z|) never exceeds 1."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0, e) / (1.0 + e)
+
+
+def reduction_option(items: str) -> Any:
+    """The ``reduction`` option of a loss whose N counts unmasked ``items``."""
+    return param("mean", choices=REDUCTIONS, doc=f"mean: N = number of unmasked {items}; sum: N = 1")
+
+
 @dataclass
 class MSEConfig:
     """Squared error: L = sum_i m_i (y_i - t_i)^2 / N."""
 
-    reduction: str = param("mean", choices=REDUCTIONS, doc="mean: N = number of (unmasked) elements; sum: N = 1")
+    reduction: str = reduction_option("elements")
 
 
 class MeanSquaredError:
@@ -32,17 +80,117 @@ class MeanSquaredError:
         self, outputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None
     ) -> tuple[float, np.ndarray]:
         diff = outputs - targets
-        weights = np.ones_like(diff) if mask is None else np.broadcast_to(mask[..., None], diff.shape)
-        count = float(weights.sum()) if self.reduction == "mean" else 1.0
-        weighted = weights * diff
-        return float(np.sum(weighted * diff) / count), 2.0 * weighted / count
+        return reduce(diff * diff, 2.0 * diff, mask, self.reduction)
 
     def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Real-valued targets t ~ N(0, 1) of the outputs' shape."""
         return rng.standard_normal(outputs.shape)
 
 
+@dataclass
+class SoftmaxCrossEntropyConfig:
+    """Softmax cross-entropy on logits (..., K) with integer class targets: L = -sum m log softmax(z)[t] / N."""
+
+    reduction: str = reduction_option("positions")
+
+
+class SoftmaxCrossEntropy:
+    """p = softmax(z) over the last axis;  L = -sum_i m_i log p_i[t_i] / N;  dL/dz_i = m_i (p_i - onehot(t_i)) / N.
+
+    The outputs z are logits (..., K); the targets t are class indices in
+    [0, K) of shape z.shape[:-1] (targets of masked positions are ignored).
+    log p = z - max(z) - log sum exp(z - max(z)), so large logits do not overflow.
+    """
+
+    def __init__(self, config: SoftmaxCrossEntropyConfig) -> None:
+        self.reduction = config.reduction
+
+    def __call__(
+        self, outputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        classes = outputs.shape[-1]
+        if np.shape(targets) != outputs.shape[:-1]:
+            raise ValueError(
+                f"softmax_cross_entropy: targets of shape {np.shape(targets)} for logits of shape {outputs.shape}; "
+                f"expected class indices of shape {outputs.shape[:-1]}"
+            )
+        t = np.asarray(targets).astype(np.intp)
+        if mask is not None:
+            t = np.where(np.asarray(mask) != 0, t, 0)  # padding may carry any target
+        if t.size and (t.min() < 0 or t.max() >= classes):
+            raise ValueError(f"softmax_cross_entropy: target indices must be in [0, {classes})")
+        shifted = outputs - np.max(outputs, axis=-1, keepdims=True)
+        log_p = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        index = t[..., None]
+        grads = np.exp(log_p)
+        np.put_along_axis(grads, index, np.take_along_axis(grads, index, axis=-1) - 1.0, axis=-1)
+        return reduce(-np.take_along_axis(log_p, index, axis=-1)[..., 0], grads, mask, self.reduction)
+
+    def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Class indices drawn uniformly from [0, K), of shape outputs.shape[:-1]."""
+        return rng.integers(0, outputs.shape[-1], size=outputs.shape[:-1])
+
+
+@dataclass
+class SigmoidSquaredErrorConfig:
+    """Squared error of sigmoid outputs (the adder tutorial): L = sum m 0.5 (sigmoid(z) - t)^2 / N."""
+
+    reduction: str = reduction_option("elements")
+
+
+class SigmoidSquaredError:
+    """y = sigmoid(z);  L = sum_i m_i 0.5 (y_i - t_i)^2 / N;  dL/dz_i = m_i (y_i - t_i) y_i (1 - y_i) / N.
+
+    The outputs z are logits, the targets t in [0, 1]; N counts unmasked elements.
+    """
+
+    def __init__(self, config: SigmoidSquaredErrorConfig) -> None:
+        self.reduction = config.reduction
+
+    def __call__(
+        self, outputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        y = sigmoid(outputs)
+        diff = y - targets
+        return reduce(0.5 * diff * diff, diff * y * (1.0 - y), mask, self.reduction)
+
+    def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Targets t ~ U[0, 1) of the outputs' shape."""
+        return rng.random(outputs.shape)
+
+
+@dataclass
+class BinaryCrossEntropyConfig:
+    """Binary cross-entropy on logits: L = -sum m [t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))] / N."""
+
+    reduction: str = reduction_option("elements")
+
+
+class BinaryCrossEntropy:
+    """L = sum_i m_i [max(z_i, 0) - z_i t_i + log(1 + exp(-|z_i|))] / N;  dL/dz_i = m_i (sigmoid(z_i) - t_i) / N.
+
+    That is -[t log sigmoid(z) + (1 - t) log(1 - sigmoid(z))] written so that no
+    exp overflows. The outputs z are logits, the targets t in [0, 1].
+    """
+
+    def __init__(self, config: BinaryCrossEntropyConfig) -> None:
+        self.reduction = config.reduction
+
+    def __call__(
+        self, outputs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        losses = np.maximum(outputs, 0.0) - outputs * targets + np.log1p(np.exp(-np.abs(outputs)))
+        return reduce(losses, sigmoid(outputs) - targets, mask, self.reduction)
+
+    def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Targets t ~ U[0, 1) of the outputs' shape (soft labels; bits are a special case)."""
+        return rng.random(outputs.shape)
+
+
 @hookimpl
 def framework_register_losses(register) -> None:
     """The built-in losses."""
     register("mse", MeanSquaredError, MSEConfig)
+    register("softmax_cross_entropy", SoftmaxCrossEntropy, SoftmaxCrossEntropyConfig)
+    register("sigmoid_squared_error", SigmoidSquaredError, SigmoidSquaredErrorConfig)
+    register("binary_cross_entropy", BinaryCrossEntropy, BinaryCrossEntropyConfig)

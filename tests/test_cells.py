@@ -1,0 +1,185 @@
+"""The built-in cells beyond their gradient check: shapes, state structure, dtypes, options, state carry-over.
+
+(Gradients against central differences: test_gradients.py; against PyTorch: test_parity_cells.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from framework.config import ConfigError, build
+from framework.gradcheck import check_cell
+from framework.nn.cells import GRUConfig, LSTMConfig, make_gru, make_lstm
+from framework.plugins import manager
+
+CELLS = ["linear", "rnn", "lstm", "gru"]
+B, T, I, H = 3, 6, 4, 5  # noqa: E741 (batch, steps, inputs, hidden units, as in the math)
+
+
+def make(name: str, dtype: str = "float64", options: dict | None = None, seed: int = 0):
+    component = manager().registry.get("cell", name)
+    config = build(component.config_class, options or {}, prefix="cell")
+    return component.factory(config, I, H, np.random.default_rng(seed), np.dtype(dtype))
+
+
+def parts(state) -> tuple[np.ndarray, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def random_like(state, rng: np.random.Generator):
+    filled = tuple((rng.standard_normal(s.shape) * 0.5).astype(s.dtype) for s in parts(state))
+    return filled if isinstance(state, tuple) else filled[0]
+
+
+def run(cell, x, state, d_outputs, d_state):
+    h, final, cache = cell.forward(x, state)
+    return h, final, cell.backward(cache, d_outputs, d_state)
+
+
+def test_lstm_and_gru_are_registered():
+    names = {c.name for c in manager().registry.of_kind("cell")}
+    assert {"lstm", "gru"} <= names
+
+
+def test_lstm_parameters_and_initialisation():
+    cell = make("lstm")
+    assert {k: v.shape for k, v in cell.params.items()} == {"Wx": (I, 4 * H), "Wh": (H, 4 * H), "b": (4 * H,)}
+    bound = 1 / np.sqrt(H)  # the default scheme: U(-1/sqrt(H), 1/sqrt(H))
+    assert all(np.abs(cell.params[k]).max() <= bound for k in ("Wx", "Wh"))
+    assert np.all(cell.params["b"] == 0)
+    assert set(make("lstm", options={"bias": False}).params) == {"Wx", "Wh"}
+
+
+def test_lstm_forget_bias_sets_the_f_block_only():
+    b = make("lstm", options={"forget_bias": 1.0}).params["b"]
+    i, f, g, o = b.reshape(4, H)  # gate order i, f, g, o
+    assert np.all(f == 1.0)
+    assert np.all(i == 0) and np.all(g == 0) and np.all(o == 0)
+
+
+def test_lstm_forget_bias_without_bias_is_rejected():
+    with pytest.raises(ConfigError, match=r"cell\.forget_bias=1\.0"):
+        build(LSTMConfig, {"bias": False, "forget_bias": 1.0}, prefix="cell")
+
+
+def test_gru_parameters():
+    cell = make("gru")
+    shapes = {k: v.shape for k, v in cell.params.items()}
+    assert shapes == {"Wx": (I, 3 * H), "Wh": (H, 3 * H), "bx": (3 * H,), "bh": (3 * H,)}
+    assert set(make("gru", options={"bias": False}).params) == {"Wx", "Wh"}
+
+
+def test_the_init_scheme_applies_to_every_weight():
+    cell = make("gru", options={"init": {"scheme": "uniform", "low": 0.5, "high": 0.6}})
+    assert all(cell.params[k].min() >= 0.5 and cell.params[k].max() <= 0.6 for k in ("Wx", "Wh"))
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_shapes_and_dtypes_are_kept(name, dtype):
+    """Outputs, final state and every gradient in the cell's dtype: no silent upcast of float32."""
+    rng = np.random.default_rng(1)
+    cell = make(name, dtype)
+    zero = cell.zero_state(B)
+    assert all(s.shape == (B, H) and s.dtype == dtype for s in parts(zero))
+    assert isinstance(zero, tuple) == (name == "lstm")
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    d_out = rng.standard_normal((B, T, H)).astype(dtype)
+    state = random_like(zero, rng)
+    h, final, grads = run(cell, x, state, d_out, random_like(zero, rng))
+    assert h.shape == (B, T, H) and h.dtype == dtype
+    assert isinstance(final, tuple) == isinstance(zero, tuple)
+    assert all(s.shape == (B, H) and s.dtype == dtype for s in parts(final))
+    np.testing.assert_array_equal(parts(final)[0], h[:, -1])  # the final h is the last output
+    assert grads.inputs.shape == x.shape and grads.inputs.dtype == dtype
+    assert grads.states.shape == (B, T, H) and grads.states.dtype == dtype
+    assert isinstance(grads.state, tuple) == isinstance(zero, tuple)
+    assert all(g.shape == (B, H) and g.dtype == dtype for g in parts(grads.state))
+    for k, p in cell.params.items():
+        assert grads.params[k].shape == p.shape and grads.params[k].dtype == dtype, k
+    if name == "lstm":
+        assert grads.cell_states.shape == (B, T, H) and grads.cell_states.dtype == dtype
+    _, _, no_d_state = run(cell, x, state, d_out, None)  # None: no gradient on the final state
+    assert all(g.dtype == dtype for g in parts(no_d_state.state))
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_float32_agrees_with_float64(name):
+    rng = np.random.default_rng(2)
+    cells = {dtype: make(name, dtype) for dtype in ("float32", "float64")}
+    x = rng.standard_normal((B, T, I))
+    d_out = rng.standard_normal((B, T, H))
+    results = {
+        dtype: run(cell, x.astype(dtype), cell.zero_state(B), d_out.astype(dtype), None)
+        for dtype, cell in cells.items()
+    }
+    (h32, _, g32), (h64, _, g64) = results["float32"], results["float64"]
+    np.testing.assert_allclose(h32, h64, rtol=1e-4, atol=1e-5)
+    for k in g64.params:
+        np.testing.assert_allclose(g32.params[k], g64.params[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_two_halves_with_the_state_carried_equal_one_pass(name):
+    """Forward carries the final state; backward carries d(initial state) into the earlier half's d_state."""
+    rng = np.random.default_rng(3)
+    cell = make(name)
+    x = rng.standard_normal((B, T, I))
+    d_out = rng.standard_normal((B, T, H))
+    state = random_like(cell.zero_state(B), rng)
+    d_final = random_like(state, rng)
+    h, final, whole = run(cell, x, state, d_out, d_final)
+    k = T // 2
+    h1, mid, cache1 = cell.forward(x[:, :k], state)
+    h2, final2, second = run(cell, x[:, k:], mid, d_out[:, k:], d_final)
+    first = cell.backward(cache1, d_out[:, :k], second.state)
+    np.testing.assert_allclose(np.concatenate([h1, h2], axis=1), h, rtol=1e-12)
+    for a, b in zip(parts(final2), parts(final), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    for key in cell.params:
+        np.testing.assert_allclose(first.params[key] + second.params[key], whole.params[key], rtol=1e-10)
+    np.testing.assert_allclose(np.concatenate([first.inputs, second.inputs], axis=1), whole.inputs, rtol=1e-10)
+    np.testing.assert_allclose(np.concatenate([first.states, second.states], axis=1), whole.states, rtol=1e-10)
+    for a, b in zip(parts(first.state), parts(whole.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    if name == "lstm":
+        both = np.concatenate([first.cell_states, second.cell_states], axis=1)
+        np.testing.assert_allclose(both, whole.cell_states, rtol=1e-10)
+
+
+def test_lstm_cell_state_gradient_is_the_total_gradient_at_c():
+    """dL/dc_T = R_c + dL/dh_T * o_T * (1 - tanh^2 c_T), and dL/dc_0 = dL/dc_1 * f_1."""
+    rng = np.random.default_rng(4)
+    cell = make("lstm", options={"forget_bias": 1.0})
+    x = rng.standard_normal((B, T, I))
+    state = random_like(cell.zero_state(B), rng)
+    d_out = rng.standard_normal((B, T, H))
+    d_final = random_like(state, rng)
+    _, (h_T, c_T), grads = run(cell, x, state, d_out, d_final)
+    assert grads.cell_states is not None
+    o_T = h_T / np.tanh(c_T)
+    expected = d_final[1] + grads.states[:, -1] * o_T * (1 - np.tanh(c_T) ** 2)
+    np.testing.assert_allclose(grads.cell_states[:, -1], expected, rtol=1e-10)
+    # f_1 from the first step alone: c_1 = f_1 c_0 + i_1 g_1, so dc_0 / dc_1 = f_1
+    _, (_, c1_a), _ = cell.forward(x[:, :1], state)
+    _, (_, c1_b), _ = cell.forward(x[:, :1], (state[0], state[1] + 1.0))
+    np.testing.assert_allclose(grads.state[1], grads.cell_states[:, 0] * (c1_b - c1_a), rtol=1e-10)
+
+
+@pytest.mark.parametrize("make_cell, config", [(make_lstm, LSTMConfig(bias=False)), (make_gru, GRUConfig(bias=False))])
+def test_gradients_without_bias(make_cell, config):
+    rng = np.random.default_rng(5)
+    cell = make_cell(config, 3, 4, rng, np.dtype("float64"))
+    x = rng.standard_normal((2, 5, 3))
+    errors = check_cell(cell, x, random_like(cell.zero_state(2), rng), rng)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_lstm_gradients_with_forget_bias():
+    rng = np.random.default_rng(6)
+    cell = make_lstm(LSTMConfig(forget_bias=1.0), 3, 4, rng, np.dtype("float64"))
+    cell.params["b"] += rng.uniform(-0.5, 0.5, cell.params["b"].shape)
+    x = rng.standard_normal((2, 5, 3))
+    errors = check_cell(cell, x, random_like(cell.zero_state(2), rng), rng)
+    assert max(errors.values()) < 1e-6, errors
