@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -39,6 +41,37 @@ class DivergenceError(ArithmeticError):
             f"training diverged at step {step}: loss={loss:.6g}, gradient norm={norm:.6g}; "
             "try gradient clipping (train.clip_norm=1.0) or a smaller learning rate or step size"
         )
+
+
+class StepBoundaryInterrupt:
+    """Ctrl-C stops training at the next step boundary; a second Ctrl-C stops at once.
+
+    So an interruption never cuts a tracking write or an optimizer update in
+    half, and the run can still record what it had. Only the main thread can
+    own signals; elsewhere Ctrl-C behaves as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> StepBoundaryInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)  # the next Ctrl-C interrupts immediately
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the last check."""
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 @dataclass
@@ -117,7 +150,7 @@ def build(
     return Run(info, settings, component("task", parts), dataset, component("optim"), rng("batches"))
 
 
-def train(run: Run, hook: Any) -> Evaluation:
+def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -> Evaluation:
     """The training loop; returns the final evaluation.
 
     One loop for every regime: the dataset's batches decide between full-batch,
@@ -148,6 +181,8 @@ def train(run: Run, hook: Any) -> Evaluation:
             done = step + 1
             if settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
                 evaluate(run, hook, done, history, final=False)
+            if interrupt is not None:
+                interrupt.check()
     return evaluate(run, hook, settings.steps, history, final=True)
 
 
@@ -176,8 +211,9 @@ def execute(
     status, error = "FAILED", None
     started = time.perf_counter()
     try:
-        hook.framework_run_started(run=run.info)
-        final = train(run, hook)
+        with StepBoundaryInterrupt() as interrupt:
+            hook.framework_run_started(run=run.info)
+            final = train(run, hook, interrupt)
         status = "FINISHED"
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted (SIGINT)"

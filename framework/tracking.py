@@ -8,7 +8,7 @@ the directory where the command was launched (never Hydra's output folder).
 What a run records: the flattened config as params, the composed config and
 the command-line overrides as YAML artifacts, the git commit and command line
 as tags, ``loss`` (and the other per-step metrics) at every step, written in
-batches, the evaluation metrics, sampled outputs as text artifacts, figures as
+batches, the evaluation metrics, sampled outputs as text artifacts, tables as JSON (MLflow's table view), figures as
 PNGs, and the final status with the error that ended it.
 """
 
@@ -154,6 +154,8 @@ class MlflowTracker:
         folder = "" if final else f"step_{step:07d}/"
         for name, text in evaluation.samples.items():
             self.client.log_text(self.run_id, text, f"samples/{folder}{name}.txt")
+        for name, table in evaluation.tables.items():
+            self.client.log_table(self.run_id, table, f"tables/{folder}{name}.json")
         for name, figure in evaluation.figures.items():
             self.client.log_figure(self.run_id, figure, f"figures/{folder}{name}.png")
 
@@ -161,12 +163,16 @@ class MlflowTracker:
     def framework_run_ended(self, run: RunInfo, status: str, error: str | None) -> None:
         if self.run_id is None:
             return
+        client, run_id = self.client, self.run_id
         try:
             self.flush()
             if error:
-                self.client.set_tag(self.run_id, "error", error[:5000])
+                client.set_tag(run_id, "error", error[:5000])
+            client.set_terminated(run_id, status)
+        except Exception as failure:
+            first_line = (str(failure).splitlines() or [""])[0]
+            raise TrackingError(f"could not record the end ({status}) of run {run_id}: {first_line}") from failure
         finally:
-            self.client.set_terminated(self.run_id, status)
             self.client, self.run_id, self.buffer = None, None, []
 
     # -- helpers ------------------------------------------------------------
