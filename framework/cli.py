@@ -1,4 +1,4 @@
-"""The command line: ``python -m framework [list | Hydra overrides ...]``.
+"""The command line: ``python -m framework [list | docs | Hydra overrides ...]``.
 
 User mistakes end with one line on standard error and a non-zero exit code:
 2 for a bad config or plugin, 1 for a run that failed (divergence, tracking
@@ -76,5 +76,10 @@ def main() -> None:
         fail(error, 2)
     if sys.argv[1:] == ["list"]:
         print(component_table(pm))
+        return
+    if sys.argv[1:] == ["docs"]:
+        from framework.docs import own_plugins, reference
+
+        print(reference(pm.registry, own_plugins()), end="")
         return
     run()
