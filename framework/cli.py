@@ -1,7 +1,7 @@
 """The command line: ``python -m framework [list | docs | Hydra overrides ...]``.
 
 User mistakes end with one line on standard error and a non-zero exit code:
-2 for a bad config or plugin, 1 for a run that failed (divergence, tracking
+2 for a bad config, components that do not fit together, or a broken plugin, 1 for a run that failed (divergence, tracking
 store), 130 for Ctrl-C.
 """
 
@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> float:
     hydra_config = HydraConfig.get()
     try:
         return engine.execute(cfg, list(hydra_config.overrides.task), Path(hydra_config.runtime.cwd))
-    except (ConfigError, PluginError) as error:
+    except (ConfigError, PluginError, engine.IncompatibleError) as error:
         fail_job(error, 2)
     except (engine.DivergenceError, TrackingError) as error:
         fail_job(error, 1)

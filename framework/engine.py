@@ -43,6 +43,10 @@ class DivergenceError(ArithmeticError):
         )
 
 
+class IncompatibleError(ValueError):
+    """The chosen components do not fit together (e.g. a loss for class indices on counts)."""
+
+
 class StepBoundaryInterrupt:
     """Ctrl-C stops training at the next step boundary; a second Ctrl-C stops at once.
 
@@ -147,7 +151,25 @@ def build(
         run_name=settings.tracking.run_name,
         launch_dir=launch_dir or Path.cwd(),
     )
-    return Run(info, settings, component("task", parts), dataset, component("optim"), rng("batches"))
+    task = component("task", parts)
+    probe(task, dataset, settings, chosen, rng)
+    return Run(info, settings, task, dataset, component("optim"), rng("batches"))
+
+
+def probe(task: Task, dataset: Dataset, settings: Settings, chosen: Mapping[str, Any], rng: Any) -> None:
+    """One forward and backward pass before anything is recorded, so that components
+    that do not fit together are refused in one line.
+
+    The batch comes from a separate copy of the batch stream: training is unchanged.
+    """
+    batch = next(dataset.batches(settings.train.batch_size, rng("batches")))
+    try:
+        with np.errstate(all="ignore"):
+            task.model.loss_and_grads(batch, None)
+    except (ValueError, TypeError, IndexError) as error:
+        names = " ".join(f"{kind}={chosen[kind][0].name}" for kind in ("dataset", "cell", "loss"))
+        first_line = (str(error).splitlines() or [""])[0]
+        raise IncompatibleError(f"task {chosen['task'][0].name!r} cannot train with {names}: {first_line}") from None
 
 
 def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -> Evaluation:

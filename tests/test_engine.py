@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from framework import engine, plugins
 from framework.data import ArrayDataset
 from framework.hookspecs import hookimpl
+from framework.nn.layers import one_hot
 
 
 def test_full_batch_minibatch_and_single_sequence():
@@ -56,3 +58,38 @@ def test_float32_runs_in_float32(compose):
     batch = next(run.dataset.batches(0, np.random.default_rng(0)))
     result = run.task.model.loss_and_grads(batch, None)
     assert {g.dtype for g in result.grads.values()} == {np.dtype("float32")}
+
+
+REGISTRY = plugins.manager().registry
+
+
+@pytest.mark.parametrize("optim", [c.name for c in REGISTRY.of_kind("optim")])
+@pytest.mark.parametrize("task", [c.name for c in REGISTRY.of_kind("task")])
+def test_every_task_trains_with_every_optimizer(compose, task, optim):
+    """Every combination steps and evaluates (a clean divergence, as counting's with SGD, is an outcome too)."""
+    cfg = compose("tracking.enabled=false", f"task={task}", f"optim={optim}", "train.steps=3")
+    run = engine.build(cfg, plugins.manager())
+    try:
+        final = engine.train(run, plugins.manager().hook)
+    except engine.DivergenceError:
+        assert (task, optim) == ("counting", "sgd")
+    else:
+        assert np.isfinite(final.metrics[run.task.objective])
+
+
+def test_components_that_do_not_fit_are_refused_before_the_run(cli, tmp_path):
+    result = cli("task=counting", "loss=softmax_cross_entropy")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "framework: error: task 'counting' cannot train with dataset=counting_bits cell=linear "
+        "loss=softmax_cross_entropy: softmax_cross_entropy: targets of shape (20, 1) for logits of shape (20, 1); "
+        "expected class indices of shape (20,)"
+    )
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_one_hot():
+    encoded = one_hot(np.array([[0, 2], [1, 1]]), 3, np.dtype("float32"))
+    assert encoded.dtype == np.float32
+    np.testing.assert_array_equal(encoded[0], [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(encoded[1], [[0, 1, 0], [0, 1, 0]])
