@@ -1,8 +1,8 @@
 """The command line: ``python -m framework [list | docs | Hydra overrides ...]``.
 
 User mistakes end with one line on standard error and a non-zero exit code:
-2 for a bad config, components that do not fit together, or a broken plugin, 1 for a run that failed (divergence, tracking
-store), 130 for Ctrl-C.
+2 for a bad config, components that do not fit together, or a broken plugin;
+1 for a run that failed (divergence, tracking store); 130 for Ctrl-C.
 """
 
 from __future__ import annotations

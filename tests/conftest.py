@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -96,3 +97,58 @@ def compose():
     with initialize_config_module(config_module="framework.conf", version_base="1.3"):
         yield lambda *overrides: hydra_compose(config_name="config", overrides=list(overrides))
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite database whose tables MLflow has already created.
+
+    Creating the tables of a fresh store costs MLflow several seconds of schema
+    migrations (mostly fsync). Tests whose subject is not store creation start
+    from a copy, like a user who has run before; the concurrency test and the
+    error tests start from nothing.
+    """
+    from mlflow import MlflowClient
+
+    database = tmp_path_factory.getbasetemp() / "store-template" / "mlflow.db"
+    if not database.exists():
+        database.parent.mkdir(parents=True, exist_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    return database
+
+
+def seed_store(template: Path, database: Path) -> Path:
+    """Put a copy of the empty ``template`` store at ``database``."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, database)
+    return database
+
+
+@pytest.fixture
+def default_store(tmp_path: Path, store_template: Path):
+    """A client on the default store of the ``cli`` fixture (./mlruns/mlflow.db), seeded from the template."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{seed_store(store_template, tmp_path / 'mlruns' / 'mlflow.db')}")
+
+
+def one_line(stderr: str) -> str:
+    """The stripped stderr, asserted to be a single line without a traceback."""
+    text = stderr.strip()
+    assert text, "nothing on stderr"
+    assert "\n" not in text, f"more than one line on stderr:\n{stderr}"
+    assert "Traceback" not in text, stderr
+    return text
+
+
+def assert_no_runs(database: Path) -> None:
+    """The store at ``database`` holds no run at all (or does not exist)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    if not database.exists():
+        return
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
+    assert list(runs) == [], f"runs were created: {[r.info.run_id for r in runs]}"

@@ -7,7 +7,6 @@ in parallel, like the other runs that do not depend on each other.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,42 +15,13 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
-from conftest import REPO, clean_env, runs_of
+from conftest import REPO, assert_no_runs, clean_env, one_line, runs_of, seed_store
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from framework import plugins
 
 # -- helpers -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite database whose tables MLflow has already created.
-
-    Creating the tables of a fresh store costs MLflow several seconds of schema
-    migrations (mostly fsync). Tests whose subject is not store creation start
-    from a copy, like a user who has run before; the concurrency test and the
-    error tests start from nothing.
-    """
-    database = tmp_path_factory.getbasetemp() / "store-template" / "mlflow.db"
-    if not database.exists():
-        database.parent.mkdir(parents=True, exist_ok=True)
-        MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
-    return database
-
-
-def seed_store(template: Path, database: Path) -> Path:
-    """Put a copy of the empty ``template`` store at ``database``."""
-    database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, database)
-    return database
-
-
-@pytest.fixture
-def default_store(tmp_path: Path, store_template: Path) -> MlflowClient:
-    """A client on the default store of the ``cli`` fixture (./mlruns/mlflow.db), seeded."""
-    return client_at(seed_store(store_template, tmp_path / "mlruns" / "mlflow.db"))
 
 
 def launch(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -85,25 +55,6 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 def all_histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
     return {key: history(client, run.info.run_id, key) for key in run.data.metrics}
-
-
-def one_line(stderr: str) -> str:
-    """The stripped stderr, asserted to be a single line without a traceback."""
-    text = stderr.strip()
-    assert text, "nothing on stderr"
-    assert "\n" not in text, f"more than one line on stderr:\n{stderr}"
-    assert "Traceback" not in text, stderr
-    return text
-
-
-def assert_no_runs(database: Path) -> None:
-    """The store at ``database`` holds no run at all (or does not exist)."""
-    if not database.exists():
-        return
-    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
-    assert list(runs) == [], f"runs were created: {[r.info.run_id for r in runs]}"
 
 
 def local_path(uri: str) -> Path:

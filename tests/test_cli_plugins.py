@@ -7,13 +7,8 @@ Each plugin is installed the way pip would (a module plus a dist-info with a
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-import pytest
-from conftest import runs_of
+from conftest import assert_no_runs, one_line, runs_of
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
 
 BUILTIN_PLUGINS = {"framework.nn.cells", "framework.nn.losses", "framework.nn.optimizers"}
 
@@ -87,44 +82,6 @@ def optimizer_plugin(optimizer: str) -> str:
 # -- helpers -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def store_template(tmp_path_factory) -> Path:
-    """An empty MLflow database whose tables already exist (MLflow's migrations take seconds)."""
-    database = tmp_path_factory.getbasetemp() / "store-template" / "mlflow.db"
-    if not database.exists():
-        database.parent.mkdir(parents=True, exist_ok=True)
-        MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
-    return database
-
-
-@pytest.fixture
-def default_store(tmp_path: Path, store_template: Path) -> MlflowClient:
-    """A client on the default store of the ``cli`` fixture (./mlruns/mlflow.db), seeded from the template."""
-    database = tmp_path / "mlruns" / "mlflow.db"
-    database.parent.mkdir(parents=True)
-    shutil.copyfile(store_template, database)
-    return MlflowClient(tracking_uri=f"sqlite:///{database}")
-
-
-def one_line(stderr: str) -> str:
-    """The stripped stderr, asserted to be a single line without a traceback."""
-    text = stderr.strip()
-    assert text, "nothing on stderr"
-    assert "\n" not in text, f"more than one line on stderr:\n{stderr}"
-    assert "Traceback" not in text, stderr
-    return text
-
-
-def assert_no_runs(tmp_path: Path) -> None:
-    """The default store of the ``cli`` fixture holds no run (or does not exist)."""
-    database = tmp_path / "mlruns" / "mlflow.db"
-    if not database.exists():
-        return
-    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    assert list(client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)) == []
-
-
 def component_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str, str]]:
     """The ``list`` table as {(kind, name): (plugin, version, description)}."""
     lines = stdout.strip().splitlines()
@@ -188,7 +145,7 @@ def test_plugin_optimizer_options_are_validated(cli, install_plugin, tmp_path):
     result = cli("optim=myopt", "optim.lr=-1", "train.steps=5", env=env)
     assert result.returncode == 2, result.stderr
     assert one_line(result.stderr) == "framework: error: optim.lr=-1: expected a number > 0"
-    assert_no_runs(tmp_path)
+    assert_no_runs(tmp_path / "mlruns" / "mlflow.db")
 
 
 # -- broken and conflicting plugins --------------------------------------------------------
@@ -216,7 +173,7 @@ def test_plugin_failing_to_import_is_fatal_when_strict(cli, install_plugin, tmp_
     assert line.startswith("framework: error: ")
     assert "brokenplugin" in line
     assert "missing dependency foo" in line
-    assert_no_runs(tmp_path)
+    assert_no_runs(tmp_path / "mlruns" / "mlflow.db")
 
 
 def test_plugin_registering_a_builtin_name_is_refused(cli, install_plugin, tmp_path):
@@ -228,7 +185,7 @@ def test_plugin_registering_a_builtin_name_is_refused(cli, install_plugin, tmp_p
     assert "rprop" in line
     assert "framework.nn.optimizers" in line
     assert "fakerprop" in line
-    assert_no_runs(tmp_path)
+    assert_no_runs(tmp_path / "mlruns" / "mlflow.db")
 
 
 # -- choosing which plugins load -----------------------------------------------------------

@@ -52,19 +52,15 @@ import numpy as np
 
 from framework.config import ConfigError, param
 from framework.hookspecs import hookimpl
+from framework.nn.functions import sigmoid
 from framework.nn.init import InitConfig, init_weights
 from framework.protocols import CellGradients
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow
-
 
 # activation f and its derivative written in terms of the output h = f(z)
 ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
     "identity": (lambda z: z, np.ones_like),
     "tanh": (np.tanh, lambda h: 1.0 - h * h),
-    "sigmoid": (_sigmoid, lambda h: h * (1.0 - h)),
+    "sigmoid": (sigmoid, lambda h: h * (1.0 - h)),
     "relu": (lambda z: np.maximum(z, 0.0), lambda h: (h > 0).astype(h.dtype)),
 }
 
@@ -175,9 +171,9 @@ class LSTMCell:
         for t in range(x.shape[1]):
             a = gates[:, t]
             a += h_prev @ Wh
-            a[:, : 2 * H] = _sigmoid(a[:, : 2 * H])  # i, f
+            a[:, : 2 * H] = sigmoid(a[:, : 2 * H])  # i, f
             a[:, 2 * H : 3 * H] = np.tanh(a[:, 2 * H : 3 * H])  # g
-            a[:, 3 * H :] = _sigmoid(a[:, 3 * H :])  # o
+            a[:, 3 * H :] = sigmoid(a[:, 3 * H :])  # o
             i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
             c_prev = c[:, t] = f * c_prev + i * g
             tanh_c[:, t] = np.tanh(c_prev)
@@ -260,7 +256,7 @@ class GRUCell:
             v = h_prev @ Wh
             if "bh" in self.params:
                 v += self.params["bh"]
-            a[:, : 2 * H] = _sigmoid(a[:, : 2 * H] + v[:, : 2 * H])  # r, z
+            a[:, : 2 * H] = sigmoid(a[:, : 2 * H] + v[:, : 2 * H])  # r, z
             r, z = a[:, :H], a[:, H : 2 * H]
             v_n[:, t] = v[:, 2 * H :]
             n = a[:, 2 * H :] = np.tanh(a[:, 2 * H :] + r * v[:, 2 * H :])

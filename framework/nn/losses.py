@@ -21,6 +21,7 @@ import numpy as np
 
 from framework.config import param
 from framework.hookspecs import hookimpl
+from framework.nn.functions import sigmoid
 
 REDUCTIONS = ("mean", "sum")
 
@@ -47,12 +48,6 @@ def reduce(losses: np.ndarray, grads: np.ndarray, mask: np.ndarray | None, reduc
         weighted = m.reshape(m.shape + (1,) * (grads.ndim - m.ndim)) * grads
     n = max(count, 1) if reduction == "mean" else 1
     return total / n, weighted / np.asarray(n, dtype=grads.dtype)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-z)) without overflow: exp(-|z|) never exceeds 1."""
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0, e) / (1.0 + e)
 
 
 def reduction_option(items: str) -> Any:
