@@ -177,7 +177,9 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
 
     One loop for every regime: the dataset's batches decide between full-batch,
     minibatch and one-sequence-per-step training, and whether the final state
-    of a batch is carried into the next (truncated BPTT) or reset.
+    of a batch is carried into the next (truncated BPTT) or reset. An
+    evaluation may stop training early (``Evaluation.stop``); the final
+    evaluation then happens at that step.
     """
     settings, model = run.settings.train, run.task.model
     history = History()
@@ -197,15 +199,17 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
             if settings.clip_norm is not None:
                 clip_by_norm(result.grads, settings.clip_norm, norm)
             run.optimizer.step(model.params, result.grads, result.loss)
-            metrics = {"loss": result.loss, "grad_norm": norm, **run.task.trace()}
+            metrics = {"loss": result.loss, "grad_norm": norm, **run.task.trace(result.loss)}
             history.record(metrics)
             hook.framework_metrics(run=run.info, step=step, metrics=metrics)
             done = step + 1
-            if settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
-                evaluate(run, hook, done, history, final=False)
+            due = settings.eval_every and done % settings.eval_every == 0 and done < settings.steps
+            if due and evaluate(run, hook, done, history, final=False).stop:
+                log.info("%s: the task asked to stop after %d steps", run.info.task, done)
+                break
             if interrupt is not None:
                 interrupt.check()
-    return evaluate(run, hook, settings.steps, history, final=True)
+    return evaluate(run, hook, done, history, final=True)
 
 
 def evaluate(run: Run, hook: Any, step: int, history: History, final: bool) -> Evaluation:

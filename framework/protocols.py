@@ -62,6 +62,7 @@ class Evaluation:
     samples: dict[str, str] = field(default_factory=dict)  # name -> text
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {column: values}
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+    stop: bool = False  # ask the engine to stop training now (e.g. the task is solved)
 
 
 class Cell(Protocol):
@@ -128,8 +129,8 @@ class Task(Protocol):
     objective: str  # the metric a sweeper optimises
     maximize: bool
 
-    def trace(self) -> dict[str, float]:
-        """Cheap extra metrics recorded after every update (e.g. the weights)."""
+    def trace(self, loss: float) -> dict[str, float]:
+        """Cheap extra metrics recorded after every update, given its loss (e.g. the weights, a smoothed loss)."""
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
         """Metrics, samples and figures of the model now; ``final`` at the end of training."""

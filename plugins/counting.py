@@ -71,11 +71,15 @@ class CountingTask:
         self.weights = {k: cell.params[k] for k in ("Wx", "Wh") if cell.params.get(k, np.empty(0)).shape == (1, 1)}
         if len(self.weights) == 2:
             self.weights["Wx"][...], self.weights["Wh"][...] = config.w_x, config.w_rec
-        self.start = self.trace()
+        self.start = self.current_weights()
         self.test_x = np.array([float(b) for b in config.test_bits], dtype=parts.dtype)[None, :, None]
 
-    def trace(self) -> dict[str, float]:
+    def trace(self, loss: float) -> dict[str, float]:
         """The two weights after every update, so the path over the cost surface is recorded."""
+        return self.current_weights()
+
+    def current_weights(self) -> dict[str, float]:
+        """{w_x, w_rec} of a one-unit linear or Elman cell; nothing for other cells."""
         if len(self.weights) < 2:
             return {}
         return {"w_x": float(self.weights["Wx"][0, 0]), "w_rec": float(self.weights["Wh"][0, 0])}
@@ -86,7 +90,7 @@ class CountingTask:
         loss, _ = self.model.loss(self.model.outputs(whole.inputs)[0], whole.targets)
         test_output = float(self.model.outputs(self.test_x)[0][0, 0])
         ones = self.config.test_bits.count("1")
-        metrics = {**self.trace(), "loss": loss, "test_output": test_output}
+        metrics = {**self.current_weights(), "loss": loss, "test_output": test_output}
         sample = f"{' '.join(self.config.test_bits)} has {ones} ones; the model counts {test_output:.4f}\n"
         figures = {}
         if final and len(self.weights) == 2:

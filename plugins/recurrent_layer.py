@@ -62,7 +62,7 @@ class RecurrentLayerTask:
         self.cell = parts.make_cell(self.data.input_size, config.hidden_size)
         self.model = RecurrentModel(self.cell, parts.loss, last_only=True)
 
-    def trace(self) -> dict[str, float]:
+    def trace(self, loss: float) -> dict[str, float]:
         return {}
 
     def sum_of_last_state(self) -> float:

@@ -69,7 +69,7 @@ class SRNTask:
         y, _, (_, h) = self.model.outputs(self.data.inputs)
         self.worked = {"h": h[0], "y": y[0]}  # the hand-worked numbers, before training
 
-    def trace(self) -> dict[str, float]:
+    def trace(self, loss: float) -> dict[str, float]:
         return {}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:

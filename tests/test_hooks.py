@@ -86,7 +86,7 @@ def test_hook_framework_register_optimizers(pm, add_plugin, compose):
     cfg = compose("optim=halve", "optim.factor=0.25", "train.steps=2", "tracking.enabled=false")
     run = engine.build(cfg, pm)
     engine.train(run, pm.hook)
-    assert run.task.trace() == {"w_x": -1.5 / 16, "w_rec": 2.0 / 16}
+    assert run.task.current_weights() == {"w_x": -1.5 / 16, "w_rec": 2.0 / 16}
 
 
 def test_hook_framework_register_cells(pm, add_plugin, compose):
@@ -179,7 +179,7 @@ class StateProbe:
 
         self.model = Model()
 
-    def trace(self):
+    def trace(self, loss):
         return {}
 
     def evaluate(self, step, history, final):
@@ -351,3 +351,29 @@ def test_run_ended_reports_interruption_as_killed(pm, add_plugin, compose):
         engine.execute(compose("tracking.enabled=false"), pm=pm)
     assert [e[1] for e in recorder.events if e[0] == "metrics"] == [0, 1, 2]
     assert recorder.events[-1] == ("ended", "KILLED", "interrupted (SIGINT)")
+
+
+def test_an_evaluation_can_stop_training_early(pm, add_plugin, compose):
+    class StopAtFour(StateProbe):
+        def evaluate(self, step, history, final):
+            return Evaluation(metrics={"loss": history["loss"][-1], "steps": len(history["loss"])}, stop=step >= 4)
+
+    @dataclass
+    class StopConfig:
+        """Stops when asked."""
+
+    class Plugin:
+        @hookimpl
+        def framework_register_datasets(self, register):
+            register("windows", Windows, OnesConfig)
+
+        @hookimpl
+        def framework_register_tasks(self, register):
+            register("stopper", StopAtFour, StopConfig, Recipe("windows", "rnn", "mse", "sgd", {"steps": 100}))
+
+    add_plugin(Plugin(), "stopper")
+    recorder, _ = run_recorded(pm, add_plugin, compose, "task=stopper", "train.eval_every=2")
+    evaluations = [e[1:3] for e in recorder.events if e[0] == "evaluation"]
+    assert evaluations == [(2, False), (4, False), (4, True)]  # asked to stop at 4: the final evaluation is at 4
+    assert [e[1] for e in recorder.events if e[0] == "metrics"] == [0, 1, 2, 3]
+    assert recorder.events[-1] == ("ended", "FINISHED", None)

@@ -1,0 +1,1 @@
+"""The adder tutorial (TASKS.md): being written."""

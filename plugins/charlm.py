@@ -1,0 +1,1 @@
+"""The charlm tutorial (TASKS.md): being written."""

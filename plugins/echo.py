@@ -1,0 +1,1 @@
+"""The echo tutorial (TASKS.md): being written."""
