@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 
 from framework import plugins, seeding
 from framework.config import ConfigError
@@ -203,20 +204,17 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
             history.record(metrics)
             hook.framework_metrics(run=run.info, step=step, metrics=metrics)
             done = step + 1
-            due = settings.eval_every and done % settings.eval_every == 0 and done < settings.steps
-            if due and evaluate(run, hook, done, history, final=False).stop:
-                log.info("%s: the task asked to stop after %d steps", run.info.task, done)
-                break
+            if settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
+                evaluation = run.task.evaluate(done, history.values, final=False)
+                if evaluation.stop:  # the final evaluation below reports this step
+                    log.info("%s: the task asked to stop after %d steps", run.info.task, done)
+                    break
+                hook.framework_evaluation(run=run.info, step=done, evaluation=evaluation, final=False)
             if interrupt is not None:
                 interrupt.check()
-    return evaluate(run, hook, done, history, final=True)
-
-
-def evaluate(run: Run, hook: Any, step: int, history: History, final: bool) -> Evaluation:
-    """Evaluate the task after ``step`` updates and report it."""
-    evaluation = run.task.evaluate(step, history.values, final)
-    hook.framework_evaluation(run=run.info, step=step, evaluation=evaluation, final=final)
-    return evaluation
+    final = run.task.evaluate(done, history.values, final=True)
+    hook.framework_evaluation(run=run.info, step=done, evaluation=final, final=True)
+    return final
 
 
 def execute(
@@ -237,7 +235,7 @@ def execute(
     status, error = "FAILED", None
     started = time.perf_counter()
     try:
-        with StepBoundaryInterrupt() as interrupt:
+        with StepBoundaryInterrupt() as interrupt, threadpool_limits(limits=run.settings.threads):
             hook.framework_run_started(run=run.info)
             final = train(run, hook, interrupt)
         status = "FINISHED"

@@ -43,5 +43,8 @@ class Settings:
 
     seed: int = param(0, ge=0, doc="the seed of every random stream of the run")
     dtype: str = param("float64", choices=("float64", "float32"), doc="floating-point precision")
+    threads: int | None = param(
+        1, ge=1, doc="BLAS threads; 1 is fastest for the tutorials' small matrices; null: the library's default"
+    )
     train: TrainSettings = field(default_factory=TrainSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)

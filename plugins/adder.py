@@ -1,1 +1,249 @@
-"""The adder tutorial (TASKS.md): being written."""
+"""The adder tutorial (TASKS.md, "adder"): an RNN learns 8-bit binary addition.
+
+    h_t = sigmoid(x_t U + h_{t-1} W),   y_t = sigmoid(h_t V),   h_0 = 0
+
+x_t = (a_t, b_t) holds bit t of a and of b, least significant first, and y_t
+predicts bit t of c = a + b: the carry is what the hidden state must remember.
+The tutorial (Trask, "Anyone Can Learn To Code an LSTM-RNN in Python") trains
+one random pair per iteration, sums the gradients of the error
+(y_t - t_t) y_t (1 - y_t) over the 8 steps and applies them once per sequence
+with learning rate 0.1: that is SGD on L = sum_t 0.5 (y_t - t_t)^2, i.e. the
+sigmoid squared error with ``reduction=sum``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from framework.config import ConfigError, param
+from framework.hookspecs import hookimpl
+from framework.nn.functions import sigmoid
+from framework.nn.init import InitConfig
+from framework.nn.layers import Dense
+from framework.nn.model import RecurrentModel
+from framework.protocols import Batch, Evaluation, Parts
+from framework.registry import Recipe
+
+FULL_BATCH_LIMIT = 2**20  # train.batch_size=0 trains on every pair at once, up to this many
+
+
+def to_bits(n: np.ndarray, bits: int) -> np.ndarray:
+    """The binary digits of the integers n, least significant first: d_k = floor(n / 2^k) mod 2, shape (..., bits)."""
+    return (n[..., None] >> np.arange(bits)) & 1
+
+
+def from_bits(d: np.ndarray) -> np.ndarray:
+    """The integers n = sum_k d_k 2^k of digits d (..., bits), least significant first."""
+    return np.sum(d.astype(np.int64) << np.arange(d.shape[-1]), axis=-1)
+
+
+def bit_string(d: np.ndarray) -> str:
+    """Digits (least significant first) written as the tutorial prints them, most significant first: '01000101'."""
+    return "".join(str(int(v)) for v in d[::-1])
+
+
+@dataclass
+class AdditionConfig:
+    """Random pairs a, b < 2^(bits-1) and their sum c = a + b, in binary, least significant bit first."""
+
+    bits: int = param(8, ge=2, le=62, doc="bits of the sum c; a and b are drawn uniformly from [0, 2^(bits-1))")
+
+
+class AdditionDataset:
+    """x (B, bits, 2) with x_k = (bit k of a, bit k of b); targets (B, bits, 1) = bit k of c = a + b.
+
+    ``batches(B)`` draws B fresh pairs for every step (the tutorial: B = 1);
+    ``batches(0)`` is every one of the 4^(bits-1) pairs at every step (full batch).
+    """
+
+    input_size = 2
+
+    def __init__(self, bits: int, dtype: np.dtype) -> None:
+        self.bits, self.dtype = bits, dtype
+        self.numbers = 2 ** (bits - 1)  # a and b are in [0, numbers)
+
+    def encode(self, a: np.ndarray, b: np.ndarray) -> Batch:
+        """The pairs (a, b) as inputs (B, bits, 2) and the bits of a + b as targets (B, bits, 1)."""
+        inputs = np.stack([to_bits(a, self.bits), to_bits(b, self.bits)], axis=-1).astype(self.dtype)
+        return Batch(inputs, to_bits(a + b, self.bits)[..., None].astype(self.dtype))
+
+    def all_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair (a, b) with a, b in [0, 2^(bits-1)), a-major: a = i // 2^(bits-1), b = i mod 2^(bits-1)."""
+        return np.divmod(np.arange(self.numbers**2, dtype=np.int64), self.numbers)
+
+    def random_pairs(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` pairs with a, b ~ U{0, ..., 2^(bits-1) - 1}, independently."""
+        a, b = rng.integers(0, self.numbers, size=(2, count), dtype=np.int64)
+        return a, b
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+        """Fresh random pairs every step, or every pair every step for ``batch_size`` 0."""
+        if batch_size == 0:
+            if self.numbers**2 > FULL_BATCH_LIMIT:
+                accepted = f"a batch size > 0 (0 means every one of the {self.numbers**2} pairs at every step)"
+                raise ConfigError("train.batch_size", batch_size, accepted)
+            whole = self.encode(*self.all_pairs())
+            while True:
+                yield whole
+        while True:
+            yield self.encode(*self.random_pairs(batch_size, rng))
+
+
+def make_addition(config: AdditionConfig, rng: np.random.Generator, dtype: np.dtype) -> AdditionDataset:
+    """a, b ~ U{0, ..., 2^(bits-1) - 1}, c = a + b;  x_k = (a_k, b_k), t_k = c_k, bit k = 0 (least significant) first.
+
+    Bit k of n is n_k = floor(n / 2^k) mod 2.
+    """
+    return AdditionDataset(config.bits, dtype)
+
+
+@dataclass
+class AdderConfig:
+    """Learn binary addition: h_t = f(x_t U + h_{t-1} W), y_t = sigmoid(h_t V), one bit of a + b per step."""
+
+    hidden_size: int = param(16, ge=1, doc="hidden units (the tutorial: 16)")
+    readout_scale: float = param(1.0, gt=0, doc="readout weights V ~ U(-scale, scale) (the tutorial: 1)")
+    eval_pairs: int = param(
+        16384,
+        ge=1,
+        doc="accuracy over every pair if there are at most this many, else over this many fixed random ones",
+    )
+    shown: int = param(4, ge=0, doc="random evaluation pairs printed at every evaluation, as the tutorial")
+    stop_when_solved: bool = param(False, doc="stop training at the first evaluation with accuracy 1")
+
+
+class AdderTask:
+    """Binary addition (Trask's tutorial): accuracy over all pairs, and the tutorial's printed sums.
+
+    The model is y_t = sigmoid(z_t), z_t = h_t V (a readout without bias giving the logits the sigmoid
+    losses take) on the chosen cell, one bit of c = a + b per step; a predicted bit is 1 when y_t > 0.5.
+    With ``loss.reduction=sum`` the loss of a batch is L = sum over pairs and steps of 0.5 (y_t - t_t)^2,
+    so SGD's learning rate is the step per pair: a batch of B pairs moves the weights as B tutorial
+    iterations would at fixed weights (lr 0.1 with ``train.batch_size=32`` learns too). With
+    ``reduction=mean`` the gradient is divided by B * bits.
+
+    accuracy: the fraction of pairs whose sum is exactly right (every bit); bit_accuracy: the fraction
+    of bits right; error: the tutorial's "Error", sum_t |t_t - y_t| per pair, averaged over the pairs.
+    """
+
+    objective = "accuracy"
+    maximize = True
+
+    def __init__(self, config: AdderConfig, parts: Parts) -> None:
+        if not isinstance(parts.dataset, AdditionDataset):
+            raise ConfigError("dataset", type(parts.dataset).__name__, "dataset=binary_addition (the pairs to add)")
+        self.config, self.data = config, parts.dataset
+        cell = parts.make_cell(self.data.input_size, config.hidden_size)
+        init = InitConfig(scheme="uniform", low=-config.readout_scale, high=config.readout_scale)
+        readout = Dense(config.hidden_size, 1, False, init, parts.rng("readout"), parts.dtype)
+        self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
+        self.a, self.b = self.evaluation_pairs(parts.rng("eval"))
+        self.every_pair = len(self.a) == self.data.numbers**2
+        self.pairs = self.data.encode(self.a, self.b)
+        self.show_rng = parts.rng("samples")
+
+    def evaluation_pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair when there are at most ``eval_pairs``, else ``eval_pairs`` random ones drawn once."""
+        if self.data.numbers**2 <= self.config.eval_pairs:
+            return self.data.all_pairs()
+        return self.data.random_pairs(self.config.eval_pairs, rng)
+
+    def trace(self, loss: float) -> dict[str, float]:
+        """Nothing beyond the loss every step: the accuracy needs a forward pass over every pair."""
+        return {}
+
+    def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
+        """accuracy, bit_accuracy and error over the evaluation pairs in one forward pass; a few of them printed."""
+        y = sigmoid(self.model.outputs(self.pairs.inputs)[0][..., 0])  # (P, bits)
+        t = self.pairs.targets[..., 0]
+        predicted = (y > 0.5).astype(np.int64)
+        bits_right = predicted == t
+        right = bits_right.all(axis=1)
+        error = np.abs(t - y).sum(axis=1)
+        metrics = {
+            "accuracy": float(right.mean()),
+            "bit_accuracy": float(bits_right.mean()),
+            "error": float(error.mean()),
+        }
+        shown = self.show_rng.choice(len(self.a), size=min(self.config.shown, len(self.a)), replace=False)
+        table = self.sums_table(shown, predicted, error, right)
+        figures = {"right_sums": self.right_sums_figure(right)} if final and self.every_pair else {}
+        return Evaluation(
+            metrics=metrics,
+            samples={"sums": self.sums_text(step, table)},
+            tables={"sums": table},
+            figures=figures,
+            stop=self.config.stop_when_solved and metrics["accuracy"] == 1.0,
+        )
+
+    def sums_table(self, shown: np.ndarray, predicted: np.ndarray, error: np.ndarray, right: np.ndarray) -> dict:
+        """The ``shown`` pairs: a, b, a + b, the network's out = sum_k pred_k 2^k, the bits, the error, right or not."""
+        t = self.pairs.targets[shown, :, 0]
+        return {
+            "a": self.a[shown].tolist(),
+            "b": self.b[shown].tolist(),
+            "a + b": (self.a[shown] + self.b[shown]).tolist(),
+            "out": from_bits(predicted[shown]).tolist(),
+            "pred": [bit_string(d) for d in predicted[shown]],
+            "true": [bit_string(d) for d in t],
+            "error": [round(float(e), 4) for e in error[shown]],
+            "right": right[shown].tolist(),
+        }
+
+    def sums_text(self, step: int, table: dict) -> str:
+        """The tutorial's printout for each shown pair: Error, Pred, True and 'a + b = out', marked right or wrong."""
+        blocks = [f"after {step} steps"]
+        for a, b, out, pred, true, error, right in zip(
+            table["a"],
+            table["b"],
+            table["out"],
+            table["pred"],
+            table["true"],
+            table["error"],
+            table["right"],
+            strict=True,
+        ):
+            mark = "right" if right else f"WRONG (a + b = {a + b})"
+            blocks.append(f"Error: {error}\nPred: {pred}\nTrue: {true}\n{a} + {b} = {out}   {mark}")
+        return "\n------------\n".join(blocks) + "\n"
+
+    def right_sums_figure(self, right: np.ndarray):
+        """Which sums a + b the network gets right, over the grid of every pair (a, b)."""
+        from matplotlib.colors import ListedColormap
+        from matplotlib.figure import Figure
+
+        n = self.data.numbers
+        figure = Figure(figsize=(5.5, 5), layout="constrained")
+        ax = figure.subplots()
+        ax.imshow(right.reshape(n, n), cmap=ListedColormap(["tab:red", "tab:green"]), vmin=0, vmax=1, origin="lower")
+        ax.set(xlabel="b", ylabel="a", title=f"a + b right (green): {right.mean():.2%} of {n}x{n} pairs")
+        return figure
+
+
+@hookimpl
+def framework_register_datasets(register) -> None:
+    register("binary_addition", make_addition, AdditionConfig)
+
+
+@hookimpl
+def framework_register_tasks(register) -> None:
+    register(
+        "adder",
+        AdderTask,
+        AdderConfig,
+        Recipe(
+            dataset="binary_addition",
+            # the tutorial's 16 sigmoid units without biases, weights U(-1, 1)
+            cell=(
+                "rnn",
+                {"activation": "sigmoid", "bias": False, "init": {"scheme": "uniform", "low": -1.0, "high": 1.0}},
+            ),
+            # the error (y - t) y (1 - y) summed over the 8 steps: the gradient of sum_t 0.5 (y_t - t_t)^2
+            loss=("sigmoid_squared_error", {"reduction": "sum"}),
+            optim=("sgd", {"lr": 0.1}),
+            train={"steps": 10000, "batch_size": 1, "eval_every": 1000},
+        ),
+    )

@@ -1,1 +1,274 @@
-"""The charlm tutorial (TASKS.md): being written."""
+"""The dinosaur-names tutorial: a character-level language model (TASKS.md, "charlm").
+
+    x_1 = 0,  x_{k+1} = onehot(c_k),   h_k = tanh(x_k Wax + h_{k-1} Waa + b),   p_k = softmax(h_k Wya + by)
+    L = -sum_k log p_k[t_k]  over one name,  targets t = the name's characters + newline
+
+One name per step (the names shuffled once, the last hidden state of one name
+starting the next), every gradient clipped to [-5, 5], SGD with learning rate
+0.01, 35000 steps. Every 2000 steps the model writes 7 names, character by
+character; they begin as random letters and end as "...saurus". Any cell can
+take the tanh cell's place (``cell=lstm``), any text with one example per line
+the dinosaurs' (``dataset.path=...``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from framework.config import ConfigError, param
+from framework.hookspecs import hookimpl
+from framework.nn.init import InitConfig
+from framework.nn.layers import Dense, one_hot
+from framework.nn.model import RecurrentModel
+from framework.protocols import Batch, Evaluation, Parts
+from framework.registry import Recipe
+
+NEWLINE = "\n"  # ends every name; symbol 0
+SMOOTH_START_CHARS = 7  # the tutorial's smoothed loss starts at 7 characters of a uniform guess: 7 log 27 = 23.07
+
+
+# -- the data ----------------------------------------------------------------
+
+
+@dataclass
+class NamesConfig:
+    """Names, one per line of a UTF-8 text file (default: the tutorial's dinosaur names), lower-cased."""
+
+    path: str | None = param(
+        None, doc="a UTF-8 text file with one example per line (relative to the launch directory); null: dinos.txt"
+    )
+
+
+class NamesDataset:
+    """Every name as a character sequence: inputs x = [0] + onehot(name), targets t = name + newline.
+
+    The vocabulary is newline (symbol 0) followed by the sorted characters of
+    the text. The sequences are stored once, padded to the longest, with a mask
+    m (N, T) that is 1 on each name's own steps.
+
+    ``batches(1)`` is the tutorial: one name per step, in an order shuffled
+    once and then repeated, each name starting from the final state of the
+    previous one. ``batches(b)`` gives b padded, masked names from the zero
+    state, reshuffled every epoch; ``batches(0)`` all of them every step.
+    """
+
+    def __init__(self, names: Sequence[str], dtype: np.dtype) -> None:
+        self.names = list(names)
+        text = NEWLINE.join(self.names) + NEWLINE
+        self.vocabulary = np.array([NEWLINE, *sorted(set(text) - {NEWLINE})])
+        self.input_size = len(self.vocabulary)
+        self.lengths = np.array([len(name) + 1 for name in self.names])  # characters + newline
+        targets, self.mask = pad(self.encode(text), self.lengths)
+        inputs = np.zeros((*targets.shape, self.input_size), dtype=dtype)
+        inputs[:, 1:] = one_hot(targets[:, :-1], self.input_size, dtype) * self.mask[:, 1:, None]
+        self.everything = Batch(inputs, targets, self.mask.astype(dtype))
+        self.sequences = [(inputs[i : i + 1, :n], targets[i : i + 1, :n]) for i, n in enumerate(self.lengths)]
+
+    def encode(self, text: str) -> np.ndarray:
+        """The symbol of every character of ``text``: its index in the vocabulary."""
+        order = np.argsort(self.vocabulary)
+        return order[np.searchsorted(self.vocabulary[order], np.array(list(text)))]
+
+    def decode(self, symbols: np.ndarray) -> str:
+        """The characters of ``symbols`` up to the first newline."""
+        return "".join(self.vocabulary[symbols]).split(NEWLINE)[0]
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+        """An endless stream of batches (see the class docstring)."""
+        if batch_size == 1:
+            return self.one_name_per_step(rng)
+        if batch_size == 0 or batch_size >= len(self.names):
+            return itertools.repeat(self.everything)
+        return self.minibatches(batch_size, rng)
+
+    def one_name_per_step(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """The tutorial's order: the names shuffled once, then cycled; the state carried from name to name."""
+        for step, index in enumerate(itertools.cycle(rng.permutation(len(self.names)))):
+            inputs, targets = self.sequences[index]
+            yield Batch(inputs, targets, new_sequence=step == 0)
+
+    def padded(self, indices: np.ndarray) -> Batch:
+        """The names ``indices``, padded to the longest of them, with their mask."""
+        steps = self.lengths[indices].max()
+        whole = self.everything
+        return Batch(whole.inputs[indices, :steps], whole.targets[indices, :steps], whole.mask[indices, :steps])
+
+    def minibatches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+        """Padded batches of ``batch_size`` names, reshuffled every epoch (the last incomplete one dropped)."""
+        count = len(self.names)
+        while True:
+            order = rng.permutation(count)
+            for start in range(0, count - batch_size + 1, batch_size):
+                yield self.padded(order[start : start + batch_size])
+
+
+def pad(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the concatenated ``symbols`` into rows of ``lengths``, padded with 0: (N, T), and the mask (N, T)."""
+    starts = np.cumsum(lengths) - lengths
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    columns = np.arange(len(symbols)) - np.repeat(starts, lengths)
+    padded = np.zeros((len(lengths), lengths.max()), dtype=np.intp)
+    padded[rows, columns] = symbols
+    return padded, np.arange(lengths.max()) < lengths[:, None]
+
+
+def read_names(path: Path, key: str) -> list[str]:
+    """The non-blank lines of the UTF-8 file ``path``, stripped and lower-cased; a one-line error otherwise."""
+    accepted = "a UTF-8 text file with one example per line"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(key, str(path), f"{accepted} (not UTF-8: {error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(key, str(path), f"{accepted} ({error.strerror or type(error).__name__})") from None
+    names = [line.strip().lower() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ConfigError(key, str(path), f"{accepted} (it has none)")
+    return names
+
+
+def make_names(config: NamesConfig, rng: np.random.Generator, dtype: np.dtype) -> NamesDataset:
+    """The names of ``config.path``, or the tutorial's dinosaurs shipped with this plugin."""
+    if config.path is None:
+        with resources.as_file(resources.files("plugins") / "data" / "dinos.txt") as shipped:
+            return NamesDataset(read_names(shipped, "dataset.path"), dtype)
+    return NamesDataset(read_names(Path(config.path), "dataset.path"), dtype)
+
+
+# -- the model and what it writes ---------------------------------------------
+
+
+@dataclass
+class CharLMConfig:
+    """A character-level language model: h_k = cell(x_k, h_{k-1}), p(next character) = softmax(h_k Wya + by)."""
+
+    hidden_size: int = param(50, ge=1, doc="hidden units n_a")
+    readout_std: float = param(0.01, gt=0, doc="the readout weights Wya start from N(0, std^2), its bias by at 0")
+    samples: int = param(7, ge=1, doc="names written at every evaluation")
+    max_length: int = param(50, ge=1, doc="a written name ends at a newline or after this many characters")
+    temperature: float = param(1.0, gt=0, doc="sampling temperature tau: p = softmax(z / tau); < 1 bolder, > 1 wilder")
+    top_k: int = param(0, ge=0, doc="draw among the k most likely characters only; 0: among all")
+
+
+@dataclass(frozen=True)
+class Written:
+    """The names the model wrote after ``step`` updates, and the smoothed loss then."""
+
+    step: int
+    smooth_loss: float
+    names: list[str]
+
+    def __str__(self) -> str:
+        when = "before training" if self.step == 0 else f"step {self.step}"
+        return f"{when} (smooth loss {self.smooth_loss:.2f}):\n" + "".join(f"  {name}\n" for name in self.names)
+
+
+class CharLMTask:
+    """Trains on names; metrics smooth_loss (every step) and bits_per_char; samples the names it writes."""
+
+    objective = "bits_per_char"
+    maximize = False
+
+    def __init__(self, config: CharLMConfig, parts: Parts) -> None:
+        if not isinstance(parts.dataset, NamesDataset):
+            raise ConfigError("dataset", type(parts.dataset).__name__, "a dataset of names (dataset=names)")
+        self.config, self.data, self.dtype = config, parts.dataset, parts.dtype
+        size = self.data.input_size
+        cell = parts.make_cell(size, config.hidden_size)
+        init = InitConfig(scheme="normal", std=config.readout_std)
+        readout = Dense(config.hidden_size, size, True, init, parts.rng("readout"), parts.dtype)
+        self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
+        self.smooth_loss = SMOOTH_START_CHARS * float(np.log(size))
+        # u[i, k]: the random number of the k-th draw of name i, the same at every evaluation
+        self.uniforms = parts.rng("sampling").random((config.samples, config.max_length))
+        self.written = [Written(0, self.smooth_loss, self.write())]  # the random letters of the start
+
+    def trace(self, loss: float) -> dict[str, float]:
+        """The tutorial's printed loss: smooth <- 0.999 smooth + 0.001 loss."""
+        self.smooth_loss = 0.999 * self.smooth_loss + 0.001 * loss
+        return {"smooth_loss": self.smooth_loss}
+
+    def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
+        """The names written so far (sample ``names``); at the end also bits_per_char and the table names_by_step."""
+        self.written.append(Written(step, self.smooth_loss, self.write()))
+        samples = {"names": "\n".join(map(str, self.written))}
+        if not final:
+            return Evaluation(samples=samples)
+        table = {
+            "step": [w.step for w in self.written],
+            "smooth_loss": [round(w.smooth_loss, 4) for w in self.written],
+            "names": [", ".join(w.names) for w in self.written],
+        }
+        metrics = {"bits_per_char": self.bits_per_char()}
+        return Evaluation(metrics=metrics, samples=samples, tables={"names_by_step": table})
+
+    def bits_per_char(self) -> float:
+        """H = -sum_{i,k} m_ik log2 p_ik[t_ik] / sum m: the cross-entropy per character (newline included) of
+        every name, each read from the zero state."""
+        whole = self.data.everything
+        z = self.model.outputs(whole.inputs)[0]
+        nll = -np.take_along_axis(log_softmax(z), whole.targets[..., None], axis=-1)[..., 0]
+        return float(np.sum(whole.mask * nll) / np.sum(whole.mask) / np.log(2.0))
+
+    def write(self) -> list[str]:
+        """Names written character by character, all at once: from x_1 = 0 and the zero state, draw
+        c_k ~ p_k (with temperature and top-k), feed x_{k+1} = onehot(c_k) back, until a newline or max_length.
+
+        Draw k of name i picks the character where the cumulative p_k first exceeds u[i, k] (what
+        np.random.choice does). The tutorial reseeds every draw, so every evaluation reuses the same u:
+        the names change only because the model does.
+        """
+        size = self.data.input_size
+        x = np.zeros((self.config.samples, 1, size), dtype=self.dtype)
+        symbols = np.zeros((self.config.samples, self.config.max_length), dtype=np.intp)
+        state = None
+        for k in range(self.config.max_length):
+            z, state, _ = self.model.outputs(x, state)
+            cdf = np.cumsum(self.probabilities(z[:, 0]), axis=-1)
+            symbols[:, k] = np.minimum(np.sum(cdf <= self.uniforms[:, k : k + 1] * cdf[:, -1:], axis=-1), size - 1)
+            if np.all(np.any(symbols[:, : k + 1] == 0, axis=-1)):
+                break
+            x = one_hot(symbols[:, k : k + 1], size, self.dtype)
+        return [self.data.decode(row) for row in symbols]
+
+    def probabilities(self, z: np.ndarray) -> np.ndarray:
+        """p = softmax(z / tau) over the k largest logits (all for top_k = 0), zero elsewhere."""
+        z = z / self.config.temperature
+        k = self.config.top_k
+        if 0 < k < z.shape[-1]:
+            kth = np.partition(z, -k, axis=-1)[:, [-k]]  # the k-th largest logit
+            z = np.where(z >= kth, z, -np.inf)
+        return np.exp(log_softmax(z))
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax(z) = z - max z - log sum exp(z - max z) over the last axis."""
+    shifted = z - np.max(z, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+@hookimpl
+def framework_register_datasets(register) -> None:
+    register("names", make_names, NamesConfig)
+
+
+@hookimpl
+def framework_register_tasks(register) -> None:
+    register(
+        "charlm",
+        CharLMTask,
+        CharLMConfig,
+        Recipe(
+            dataset="names",
+            cell=("rnn", {"init": {"scheme": "normal", "std": 0.01}}),  # Wax, Waa ~ N(0, 0.01^2), b = 0
+            loss=("softmax_cross_entropy", {"reduction": "sum"}),  # summed over the name
+            optim=("sgd", {"lr": 0.01}),
+            train={"steps": 35000, "batch_size": 1, "eval_every": 2000, "clip_value": 5.0},
+        ),
+    )

@@ -1,1 +1,283 @@
-"""The echo tutorial (TASKS.md): being written."""
+"""The echo tutorial (TASKS.md, "echo"): an RNN repeats its input a few steps later.
+
+    h_t = tanh(x_t Wx + h_{t-1} Wh + b),   p_t = softmax(h_t W2 + b2),   L = -mean_t log p_t[y_t]
+
+with y_t = x_{t - echo_step}. [x_t, h_{t-1}] W of the tutorial (Hallstroem, "How to
+build a Recurrent Neural Network in TensorFlow") is x_t Wx + h_{t-1} Wh: W's first row
+is Wx (1, 4), its other rows Wh (4, 4); W and W2 start uniform on [0, 1), the biases at 0.
+
+Truncated BPTT: a random binary series is cut into ``train.batch_size`` contiguous rows
+(5 in the tutorial) and each row into windows of ``window`` steps (the tutorial's
+truncated_backprop_length, 15). One update per window; the state at the end of a window
+starts the next one without being back-propagated through, and is reset to 0 when a new
+series starts. A new series is drawn every epoch, so one epoch is
+total_length // rows // window windows (666 in the tutorial).
+
+Epochs and train.steps: ``task.epochs`` sets the recipe's train.steps = epochs x windows
+per epoch and train.eval_every = windows per epoch (evaluate after every epoch), through
+the interpolation ``${echo_windows:...}`` registered here; an explicit ``train.steps=N``
+(or ``train.eval_every``) still wins, so any run can be shortened.
+
+Stopping: the reference run stops once the echo is learnt, i.e. ``accuracy`` >= 0.999
+on a fresh series after 2 epochs in a row (``task.stop_accuracy``, ``task.patience``),
+at most ``task.epochs`` = 10. Trained on, the tutorial's recipe is not stable: with
+seed 1 it learns the echo in the first epoch, and the loss spike of the fourth series
+(an Adagrad step of 0.3 / sqrt(G) on a first window from the zero state) throws it back
+to the chance plateau (loss ln 2) for good. ``task.stop_accuracy=null task.epochs=100``
+is the tutorial's full run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from framework.config import ConfigError, param
+from framework.hookspecs import hookimpl
+from framework.nn.init import InitConfig
+from framework.nn.layers import Dense
+from framework.nn.model import RecurrentModel
+from framework.protocols import Batch, Evaluation, Parts
+from framework.registry import Recipe
+
+CLASSES = 2  # a bit is 0 or 1
+ROWS = 5  # the tutorial's batch_size: rows of a series, one sequence of a batch each
+EPOCHS = 10  # the reference run (the tutorial runs 100; every seed 0-4 has learnt the echo after 5)
+READOUT_INIT = InitConfig(scheme="uniform", low=0.0, high=1.0)  # W2 = np.random.rand(4, 2)
+
+
+def windows_per_epoch(total_length: int, rows: int, window: int) -> int:
+    """Updates per series: floor(floor(total_length / rows) / window) (50000 // 5 // 15 = 666)."""
+    return total_length // rows // window
+
+
+def echo_windows(total_length: int, rows: int, window: int, epochs: int) -> int:
+    """The ``${echo_windows:...}`` interpolation: epochs x windows per epoch, at least 1.
+
+    Never raises (an interpolation error would be a traceback): impossible layouts
+    are refused in one line by :meth:`EchoSeries.batches`.
+    """
+    return max(epochs * windows_per_epoch(total_length, max(rows, 1), max(window, 1)), 1)
+
+
+OmegaConf.register_new_resolver("echo_windows", echo_windows, replace=True)
+
+
+def echo_series(
+    total_length: int, echo_step: int, rows: int, rng: np.random.Generator, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """x (rows, n, 1) with x_k ~ Bernoulli(1/2); targets y (rows, n) with y_k = x_{k - echo_step}.
+
+    The shift is over the whole series (y_k = 0 for k < echo_step), then the series is cut
+    into ``rows`` contiguous rows of n = total_length // rows, as the tutorial's
+    ``np.roll`` then ``reshape``: the first echo_step targets of a row echo the end of the
+    previous row, which that row never reads.
+    """
+    n = total_length // rows
+    bits = rng.integers(0, CLASSES, size=rows * n)
+    echo = np.concatenate([np.zeros(echo_step, dtype=bits.dtype), bits[: len(bits) - echo_step]])
+    return bits.reshape(rows, n, 1).astype(dtype), echo.reshape(rows, n)
+
+
+@dataclass
+class EchoSeriesConfig:
+    """A random binary series and its echo, cut into rows and windows for truncated BPTT."""
+
+    total_length: int = param(50000, ge=1, doc="bits per series; a new series is drawn every epoch")
+    echo_step: int = param(3, ge=1, doc="the target is the input delayed by this many steps")
+    window: int = param(15, ge=2, doc="truncated_backprop_length: steps per window (one update); > echo_step")
+
+    def __post_init__(self) -> None:
+        if self.window <= self.echo_step:
+            raise ConfigError(
+                "window", self.window, f"an integer > echo_step ({self.echo_step}): a window must see what it echoes"
+            )
+
+
+class EchoSeries:
+    """The training stream: a new series every epoch, served window by window."""
+
+    input_size = 1
+
+    def __init__(self, config: EchoSeriesConfig, dtype: np.dtype) -> None:
+        self.config, self.dtype = config, dtype
+
+    def series(self, rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A fresh series cut into ``rows`` rows: inputs (rows, n, 1), integer targets (rows, n)."""
+        return echo_series(self.config.total_length, self.config.echo_step, rows, rng, self.dtype)
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+        """Window j of every row, j = 0, 1, ...; the state is reset (new_sequence) only at j = 0."""
+        window = self.config.window
+        if batch_size < 1:
+            raise ConfigError("train.batch_size", batch_size, "an integer >= 1: the rows the series is cut into")
+        windows = windows_per_epoch(self.config.total_length, batch_size, window)
+        if windows < 1:
+            row = self.config.total_length // batch_size
+            raise ConfigError("dataset.window", window, f"an integer <= the row length {row} (total_length / rows)")
+        while True:
+            inputs, targets = self.series(batch_size, rng)
+            for j in range(windows):
+                steps = slice(j * window, (j + 1) * window)
+                yield Batch(inputs[:, steps], targets[:, steps], new_sequence=j == 0)
+
+
+def make_echo_series(config: EchoSeriesConfig, rng: np.random.Generator, dtype: np.dtype) -> EchoSeries:
+    """The echo stream; its series come from the batch stream's generator (one per epoch)."""
+    return EchoSeries(config, dtype)
+
+
+def echo_accuracy(predictions: np.ndarray, targets: np.ndarray, echo_step: int) -> float:
+    """mean [argmax p_t = y_t] over the positions t >= echo_step of each row (the others echo another row)."""
+    return float(np.mean(predictions[:, echo_step:] == targets[:, echo_step:]))
+
+
+def window_text(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarray, start: int) -> str:
+    """Each row's input, target and predicted bits of one window, one line each."""
+
+    def bits(row: np.ndarray) -> str:
+        return "".join(str(int(b)) for b in row)
+
+    lines = [f"window at steps {start}..{start + inputs.shape[1] - 1} of a fresh series"]
+    for r in range(len(inputs)):
+        right = int(np.sum(predictions[r] == targets[r]))
+        lines += [
+            f"row {r + 1}  input      {bits(inputs[r])}",
+            f"       target     {bits(targets[r])}",
+            f"       prediction {bits(predictions[r])}   ({right}/{len(targets[r])} right)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class EchoConfig:
+    """Echo a binary series echo_step steps later: h_t = tanh(x_t Wx + h_{t-1} Wh + b), p_t = softmax(h_t W2 + b2)."""
+
+    state_size: int = param(4, ge=1, doc="hidden units (the tutorial's state_size)")
+    epochs: int = param(
+        EPOCHS,
+        ge=1,
+        doc="at most this many series (epochs): the recipe sets train.steps = epochs x windows per epoch",
+    )
+    stop_accuracy: float | None = param(
+        0.999, gt=0, le=1, doc="stop once accuracy >= this after `patience` epochs in a row (null: train every epoch)"
+    )
+    patience: int = param(2, ge=1, doc="consecutive epochs at stop_accuracy that count as learnt")
+
+
+def learnt(accuracies: Sequence[float], stop_accuracy: float | None, patience: int) -> bool:
+    """True when the last ``patience`` accuracies are all >= ``stop_accuracy``."""
+    recent = accuracies[-patience:]
+    return stop_accuracy is not None and len(recent) == patience and min(recent) >= stop_accuracy
+
+
+class EchoTask:
+    """Metric ``accuracy`` (echoed bits right on a fresh series); the window text, loss and window figures."""
+
+    objective = "accuracy"
+    maximize = True
+
+    def __init__(self, config: EchoConfig, parts: Parts) -> None:
+        self.data: EchoSeries = parts.dataset
+        cell = parts.make_cell(self.data.input_size, config.state_size)
+        readout = Dense(config.state_size, CLASSES, True, READOUT_INIT, parts.rng("readout"), parts.dtype)
+        self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
+        self.eval_rng = parts.rng("eval")
+        self.config = config
+        self.accuracies: list[float] = []  # one per evaluation
+
+    def trace(self, loss: float) -> dict[str, float]:
+        return {}
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """argmax_k p_t[k] for every step of every row, from the zero state."""
+        logits, _, _ = self.model.outputs(inputs)
+        return logits.argmax(axis=-1)
+
+    def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
+        """``accuracy`` on a fresh series of the tutorial's 5 rows; its last window as text (and figures at the end).
+
+        Asks to stop once the echo is learnt (see :func:`learnt`).
+        """
+        inputs, targets = self.data.series(ROWS, self.eval_rng)
+        predictions = self.predict(inputs)
+        window = self.data.config.window
+        start = inputs.shape[1] // window * window - window  # the last whole window of the rows
+        steps = slice(start, start + window)
+        last = (inputs[:, steps, 0], targets[:, steps], predictions[:, steps])
+        accuracy = echo_accuracy(predictions, targets, self.data.config.echo_step)
+        self.accuracies.append(accuracy)
+        evaluation = Evaluation(
+            metrics={"accuracy": accuracy},
+            samples={"window": window_text(*last, start)},
+            stop=learnt(self.accuracies, self.config.stop_accuracy, self.config.patience),
+        )
+        if final:
+            evaluation.figures = {"loss": loss_figure(history["loss"]), "window": window_figure(*last, start)}
+        return evaluation
+
+
+def loss_figure(losses: Sequence[float]):
+    """The loss of every window: it drops fast and spikes where each new series (epoch) starts."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.6)
+    ax.set(
+        xlabel="window (update)",
+        ylabel="mean cross-entropy",
+        title="training loss (a spike where a new series resets the state)",
+    )
+    return figure
+
+
+def window_figure(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarray, start: int):
+    """The tutorial's picture: for each row, bars of the input (blue), the target (red) and the prediction (green)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 1.6 * len(inputs) + 0.6), layout="constrained")
+    steps = np.arange(start, start + inputs.shape[1])
+    for r, ax in enumerate(np.atleast_1d(figure.subplots(len(inputs), 1, sharex=True))):
+        ax.bar(steps, inputs[r], width=1.0, color="blue", label="input")
+        ax.bar(steps, targets[r] * 0.5, width=0.8, color="red", label="target (echo)")
+        ax.bar(steps, predictions[r] * 0.3, width=0.6, color="green", label="prediction")
+        ax.set(ylim=(0, 1.05), yticks=[], ylabel=f"row {r + 1}")
+    ax.set_xlabel("step")
+    figure.axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    figure.suptitle("the last window of a fresh series")
+    return figure
+
+
+def recipe_windows(epochs: str) -> str:
+    """The interpolation ``epochs`` x windows per epoch of the composed config."""
+    return f"${{echo_windows:${{dataset.total_length}},${{train.batch_size}},${{dataset.window}},{epochs}}}"
+
+
+@hookimpl
+def framework_register_datasets(register) -> None:
+    register("echo_series", make_echo_series, EchoSeriesConfig)
+
+
+@hookimpl
+def framework_register_tasks(register) -> None:
+    register(
+        "echo",
+        EchoTask,
+        EchoConfig,
+        Recipe(
+            dataset="echo_series",
+            cell=("rnn", {"init": {"scheme": "uniform", "low": 0.0, "high": 1.0}}),  # W = np.random.rand(5, 4)
+            loss="softmax_cross_entropy",
+            # TensorFlow 1's AdagradOptimizer(0.3): G_0 = 0.1, no eps
+            optim=("adagrad", {"lr": 0.3, "initial_accumulator_value": 0.1, "eps": 0.0}),
+            train={
+                "steps": recipe_windows("${task.epochs}"),
+                "batch_size": ROWS,
+                "eval_every": recipe_windows("1"),
+            },
+        ),
+    )

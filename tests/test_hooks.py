@@ -374,6 +374,6 @@ def test_an_evaluation_can_stop_training_early(pm, add_plugin, compose):
     add_plugin(Plugin(), "stopper")
     recorder, _ = run_recorded(pm, add_plugin, compose, "task=stopper", "train.eval_every=2")
     evaluations = [e[1:3] for e in recorder.events if e[0] == "evaluation"]
-    assert evaluations == [(2, False), (4, False), (4, True)]  # asked to stop at 4: the final evaluation is at 4
+    assert evaluations == [(2, False), (4, True)]  # asked to stop at 4: the final evaluation reports step 4
     assert [e[1] for e in recorder.events if e[0] == "metrics"] == [0, 1, 2, 3]
     assert recorder.events[-1] == ("ended", "FINISHED", None)

@@ -1,0 +1,213 @@
+"""The adder task (TASKS.md, "adder"): data layout, the tutorial's update, the tracked run, the expected result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_no_runs, one_line, runs_of
+
+from framework import engine, plugins
+from framework.nn.functions import sigmoid
+from plugins.adder import AdditionDataset, bit_string, from_bits, to_bits
+
+CELLS = [c.name for c in plugins.manager().registry.of_kind("cell")]
+
+
+def build(compose, *overrides: str) -> engine.Run:
+    return engine.build(compose("task=adder", "tracking.enabled=false", *overrides), plugins.manager())
+
+
+class FirstSolved:
+    """A hook that remembers the step of the first evaluation with accuracy 1."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def framework_metrics(self, run, step, metrics) -> None:
+        pass
+
+    def framework_evaluation(self, run, step, evaluation, final) -> None:
+        if self.step is None and evaluation.metrics["accuracy"] == 1.0:
+            self.step = step
+
+
+# -- the data -----------------------------------------------------------------
+
+
+def test_bits_least_significant_first():
+    assert to_bits(np.array(69), 8).tolist() == [1, 0, 1, 0, 0, 0, 1, 0]  # 69 = 1 + 4 + 64
+    assert bit_string(to_bits(np.array(69), 8)) == "01000101"  # printed as the tutorial: most significant first
+    n = np.arange(256)
+    assert np.array_equal(from_bits(to_bits(n, 8)), n)
+
+
+def test_the_tutorials_layout_9_plus_60():
+    batch = AdditionDataset(8, np.dtype("float64")).encode(np.array([9]), np.array([60]))
+    assert batch.inputs.shape == (1, 8, 2) and batch.targets.shape == (1, 8, 1)
+    assert batch.inputs[0, :, 0].tolist() == [1, 0, 0, 1, 0, 0, 0, 0]  # a = 9, step 1 reads the lowest bit
+    assert batch.inputs[0, :, 1].tolist() == [0, 0, 1, 1, 1, 1, 0, 0]  # b = 60
+    assert from_bits(batch.targets[0, :, 0]) == 69
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_random_batches_are_fresh_pairs_and_their_sums(compose, bits):
+    run = build(compose, f"dataset.bits={bits}", "train.batch_size=64")
+    stream = run.dataset.batches(64, np.random.default_rng(0))
+    first, second = next(stream), next(stream)
+    assert first.inputs.shape == (64, bits, 2) and first.targets.shape == (64, bits, 1)
+    a, b = from_bits(first.inputs[..., 0]), from_bits(first.inputs[..., 1])
+    assert a.max() < 2 ** (bits - 1) and b.max() < 2 ** (bits - 1)
+    assert np.array_equal(from_bits(first.targets[..., 0]), a + b)
+    assert not np.array_equal(first.inputs, second.inputs)
+
+
+def test_full_batch_is_every_pair(compose):
+    run = build(compose, "train.batch_size=0")
+    whole = next(run.dataset.batches(0, np.random.default_rng(0)))
+    a, b = from_bits(whole.inputs[..., 0]), from_bits(whole.inputs[..., 1])
+    assert len(set(zip(a.tolist(), b.tolist(), strict=True))) == 128 * 128
+
+
+def test_same_seed_same_run(compose):
+    first, second = build(compose, "seed=3"), build(compose, "seed=3")
+    for name, array in first.task.model.params.items():
+        assert np.array_equal(array, second.task.model.params[name])
+    assert np.array_equal(
+        next(first.dataset.batches(1, first.batch_rng)).inputs, next(second.dataset.batches(1, second.batch_rng)).inputs
+    )
+
+
+# -- the model and the tutorial's update ----------------------------------------
+
+
+def tutorial_update(x: np.ndarray, t: np.ndarray, U: np.ndarray, W: np.ndarray, V: np.ndarray, alpha: float):
+    """Trask's loop for one pair, as written in the tutorial: the updates alpha * sum over steps of the deltas."""
+    hidden = [np.zeros(W.shape[0])]
+    deltas = []
+    for k in range(len(x)):
+        hidden.append(sigmoid(x[k] @ U + hidden[-1] @ W))
+        y = sigmoid(hidden[-1] @ V)
+        deltas.append((t[k] - y) * y * (1 - y))  # layer_2_error * sigmoid_output_to_derivative
+    dU, dW, dV = np.zeros_like(U), np.zeros_like(W), np.zeros_like(V)
+    future = np.zeros(W.shape[0])
+    for k in reversed(range(len(x))):
+        h, h_prev = hidden[k + 1], hidden[k]
+        delta = (future @ W.T + deltas[k] @ V.T) * h * (1 - h)
+        dV += np.outer(h, deltas[k])
+        dW += np.outer(h_prev, delta)
+        dU += np.outer(x[k], delta)
+        future = delta
+    return alpha * dU, alpha * dW, alpha * dV
+
+
+def test_one_step_is_the_tutorials_update(compose):
+    """SGD lr 0.1 on sigmoid_squared_error with reduction=sum moves the weights exactly as the tutorial's loop."""
+    run = build(compose)
+    params = run.task.model.params
+    before = {k: v.copy() for k, v in params.items()}
+    batch = next(run.dataset.batches(1, np.random.default_rng(5)))
+    result = run.task.model.loss_and_grads(batch, None)
+    run.optimizer.step(params, result.grads, result.loss)
+    expected = tutorial_update(
+        batch.inputs[0], batch.targets[0], before["cell.Wx"], before["cell.Wh"], before["readout.W"], alpha=0.1
+    )
+    for name, update in zip(("cell.Wx", "cell.Wh", "readout.W"), expected, strict=True):
+        np.testing.assert_allclose(params[name] - before[name], update, rtol=1e-12, atol=1e-15)
+    assert set(params) == {"cell.Wx", "cell.Wh", "readout.W"}  # no biases, as in the tutorial
+    assert all(np.abs(v).max() <= 1 for v in before.values())  # U(-1, 1)
+
+
+# -- evaluation -------------------------------------------------------------------
+
+
+def test_evaluation_of_an_untrained_model(compose):
+    run = build(compose, "task.shown=3")
+    evaluation = run.task.evaluate(0, {"loss": [1.0]}, final=True)
+    assert set(evaluation.metrics) == {"accuracy", "bit_accuracy", "error"}
+    assert 0 <= evaluation.metrics["accuracy"] < 0.1 and 0 < evaluation.metrics["bit_accuracy"] < 1
+    table = evaluation.tables["sums"]
+    assert len(table["a"]) == 3
+    for a, b, c, out, pred, true, right in zip(
+        table["a"], table["b"], table["a + b"], table["out"], table["pred"], table["true"], table["right"], strict=True
+    ):
+        assert c == a + b and int(true, 2) == c and int(pred, 2) == out and right == (out == c)
+        assert f"{a} + {b} = {out}" in evaluation.samples["sums"]
+    assert "right_sums" in evaluation.figures
+
+
+def test_wide_numbers_are_evaluated_on_a_fixed_sample(compose):
+    run = build(compose, "dataset.bits=16", "task.eval_pairs=500")
+    assert len(run.task.a) == 500 and not run.task.every_pair
+    first = run.task.evaluate(0, {}, final=True)
+    assert first.figures == {}
+    assert run.task.evaluate(0, {}, final=True).metrics == first.metrics  # the same pairs every time
+
+
+def test_minibatches_of_32_learn(compose):
+    """train.batch_size=32 with the same lr 0.1 (a step per pair, summed over the batch) solves it fast."""
+    run = build(compose, "train.batch_size=32", "train.steps=1000", "task.stop_when_solved=true")
+    final = engine.train(run, FirstSolved())
+    assert final.metrics["accuracy"] == 1.0 and final.stop
+
+
+# -- the tracked run and user errors -------------------------------------------------
+
+
+def test_tracked_run_logs_accuracy_sums_and_figure(cli, default_store):
+    result = cli("task=adder", "train.steps=2000")
+    assert result.returncode == 0, result.stderr
+    (run,) = runs_of(default_store, "adder")
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in default_store.get_metric_history(run_id, "accuracy")] == [1000, 2000]
+    assert len(default_store.get_metric_history(run_id, "loss")) == 2000
+    assert {"bit_accuracy", "error"} <= set(run.data.metrics)
+
+    def artifact(path: str) -> str:
+        return Path(default_store.download_artifacts(run_id, path)).read_text()
+
+    text = artifact("samples/step_0001000/sums.txt")
+    assert text.startswith("after 1000 steps") and text.count("Pred: ") == 4 and text.count("True: ") == 4
+    assert "after 2000 steps" in artifact("samples/sums.txt")
+    table = json.loads(artifact("tables/step_0001000/sums.json"))
+    assert table["columns"] == ["a", "b", "a + b", "out", "pred", "true", "error", "right"]
+    assert [p.path for p in default_store.list_artifacts(run_id, "figures")] == ["figures/right_sums.png"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["dataset.bits=1"], "dataset.bits=1"),
+        (["dataset=counting_bits"], "dataset="),
+        (["dataset.bits=16", "train.batch_size=0"], "train.batch_size=0"),
+    ],
+)
+def test_user_mistakes_are_one_line(cli, tmp_path, overrides, key):
+    result = cli("task=adder", *overrides)
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(f"framework: error: {key}")
+    assert_no_runs(tmp_path / "mlruns" / "mlflow.db")
+
+
+# -- the expected result (full length) ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_reference_recipe_adds_every_pair(compose, seed):
+    """TASKS.md: after 10000 one-pair steps every one of the 128 x 128 sums is right."""
+    run = build(compose, f"seed={seed}")
+    solved = FirstSolved()
+    final = engine.train(run, solved)
+    assert final.metrics["accuracy"] == 1.0
+    assert solved.step is not None and solved.step <= 9000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_minibatch_32_adds_every_pair(compose, seed):
+    run = build(compose, f"seed={seed}", "train.batch_size=32", "train.steps=2000")
+    assert engine.train(run, FirstSolved()).metrics["accuracy"] == 1.0
