@@ -206,7 +206,23 @@ class CharLMTask:
             "names": [", ".join(w.names) for w in self.written],
         }
         metrics = {"bits_per_char": self.bits_per_char()}
-        return Evaluation(metrics=metrics, samples=samples, tables={"names_by_step": table})
+        figures = {"smooth_loss": self.smooth_loss_figure(history)}
+        return Evaluation(metrics=metrics, samples=samples, tables={"names_by_step": table}, figures=figures)
+
+    def smooth_loss_figure(self, history: Mapping[str, Sequence[float]]):
+        """The smoothed loss as the tutorial prints it, with the names written along the way."""
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(9, 4.5), layout="constrained")
+        ax = figure.subplots()
+        ax.plot(np.arange(1, len(history["smooth_loss"]) + 1), history["smooth_loss"], color="tab:blue")
+        for written in self.written[1:]:
+            ax.annotate(
+                written.names[0], (written.step, written.smooth_loss), fontsize=7, rotation=30, color="tab:gray"
+            )
+        ax.set(xlabel="step (one name each)", ylabel="smooth loss (nats per name)")
+        ax.set_title("learning to write dinosaur names")
+        return figure
 
     def bits_per_char(self) -> float:
         """H = -sum_{i,k} m_ik log2 p_ik[t_ik] / sum m: the cross-entropy per character (newline included) of
