@@ -23,6 +23,7 @@ import numpy as np
 
 from framework.config import ConfigError, param
 from framework.hookspecs import hookimpl
+from framework.nn.functions import log_softmax
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense, one_hot
 from framework.nn.model import RecurrentModel
@@ -261,12 +262,6 @@ class CharLMTask:
             kth = np.partition(z, -k, axis=-1)[:, [-k]]  # the k-th largest logit
             z = np.where(z >= kth, z, -np.inf)
         return np.exp(log_softmax(z))
-
-
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """log softmax(z) = z - max z - log sum exp(z - max z) over the last axis."""
-    shifted = z - np.max(z, axis=-1, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
 @hookimpl

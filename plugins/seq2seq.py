@@ -27,6 +27,7 @@ import numpy as np
 from framework.config import ConfigError, param
 from framework.data import ArrayDataset
 from framework.hookspecs import hookimpl
+from framework.nn.functions import softmax
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense, one_hot
 from framework.protocols import Batch, Cell, Evaluation, Loss, Parts, State, StepResult
@@ -226,8 +227,7 @@ class Seq2SeqTask:
         y, _, _ = self.model.outputs(
             one_hot(x_enc, len(ALPHABET), self.dtype), one_hot(x_dec, len(ALPHABET), self.dtype)
         )
-        p = np.exp(y - y.max(axis=-1, keepdims=True))
-        return p / p.sum(axis=-1, keepdims=True)
+        return softmax(y)
 
     def translate(self, words: Sequence[str]) -> list[str]:
         """The most likely symbol at every decoder step, read as a word (see :func:`read_output`)."""

@@ -1,4 +1,4 @@
-"""Element-wise functions shared by cells and losses."""
+"""The sigmoid and softmax functions, shared by cells, losses and tasks."""
 
 from __future__ import annotations
 
@@ -8,3 +8,14 @@ import numpy as np
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-z)), computed as (1 + tanh(z / 2)) / 2: no overflow, keeps the dtype."""
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax(z) = z - max z - log sum exp(z - max z) over the last axis: no overflow for large logits."""
+    shifted = z - np.max(z, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """softmax(z) = exp(z) / sum exp(z) over the last axis, computed as exp(log_softmax(z))."""
+    return np.exp(log_softmax(z))

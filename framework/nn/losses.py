@@ -21,7 +21,7 @@ import numpy as np
 
 from framework.config import param
 from framework.hookspecs import hookimpl
-from framework.nn.functions import sigmoid
+from framework.nn.functions import log_softmax, sigmoid
 
 REDUCTIONS = ("mean", "sum")
 
@@ -114,8 +114,7 @@ class SoftmaxCrossEntropy:
             t = np.where(np.asarray(mask) != 0, t, 0)  # padding may carry any target
         if t.size and (t.min() < 0 or t.max() >= classes):
             raise ValueError(f"softmax_cross_entropy: target indices must be in [0, {classes})")
-        shifted = outputs - np.max(outputs, axis=-1, keepdims=True)
-        log_p = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        log_p = log_softmax(outputs)
         index = t[..., None]
         grads = np.exp(log_p)
         np.put_along_axis(grads, index, np.take_along_axis(grads, index, axis=-1) - 1.0, axis=-1)
