@@ -113,7 +113,7 @@ class MlflowTracker:
     def __init__(self) -> None:
         self.client: Any = None
         self.run_id: str | None = None
-        self.buffer: list[Any] = []
+        self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
         self.flush_every = 1000
 
     # -- run events ---------------------------------------------------------
@@ -138,10 +138,8 @@ class MlflowTracker:
     def framework_metrics(self, run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
         if self.run_id is None:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self.buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+        self.buffer.extend((key, float(value), now, step) for key, value in metrics.items())
         if len(self.buffer) >= self.flush_every:
             self.flush()
 
@@ -178,8 +176,10 @@ class MlflowTracker:
     # -- helpers ------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the buffered metrics, at most 1000 a call."""
-        buffer, self.buffer = self.buffer, []
+        """Write the buffered (key, value, timestamp, step) metrics, at most 1000 a call."""
+        from mlflow.entities import Metric
+
+        buffer, self.buffer = [Metric(*entry) for entry in self.buffer], []
         for start in range(0, len(buffer), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=buffer[start : start + METRICS_PER_BATCH], synchronous=True)
 
