@@ -48,6 +48,8 @@ def fail_job(message: object, code: int) -> NoReturn:
 def run(cfg: DictConfig) -> float:
     """One Hydra job: build, train and record one run; returns its objective for sweepers."""
     hydra_config = HydraConfig.get()
+    if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.run_name is None:
+        cfg.tracking.run_name = hydra_config.job.override_dirname or f"job {hydra_config.job.num}"
     try:
         return engine.execute(cfg, list(hydra_config.overrides.task), Path(hydra_config.runtime.cwd))
     except (ConfigError, PluginError, engine.IncompatibleError) as error:
@@ -70,6 +72,10 @@ def component_table(pm: plugins.PluginManager) -> str:
 
 def main() -> None:
     """Entry point of ``python -m framework``."""
+    if sys.argv[1:2] == ["migrate"]:  # copies runs between stores; needs no plugins
+        from framework.migrate import main as migrate
+
+        raise SystemExit(migrate(sys.argv[2:]))
     try:
         pm = plugins.manager()
     except PluginError as error:

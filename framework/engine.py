@@ -29,7 +29,7 @@ from framework.config import build as build_config
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
 from framework.protocols import Dataset, Evaluation, Optimizer, Parts, RunInfo, Task
 from framework.registry import KINDS, Component
-from framework.settings import Settings
+from framework.settings import ObjectiveSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,26 @@ def build(
         launch_dir=launch_dir or Path.cwd(),
     )
     task = component("task", parts)
+    info.objective, info.maximize = objective(settings.objective, task)
     probe(task, dataset, settings, chosen, rng)
     return Run(info, settings, task, dataset, component("optim"), rng("batches"))
+
+
+def objective(settings: ObjectiveSettings, task: Task) -> tuple[str, bool]:
+    """The final metric a run returns to sweepers and whether higher is better: the task's, unless configured."""
+    metric = settings.metric or task.objective
+    if settings.direction is not None:
+        return metric, settings.direction == "maximize"
+    if metric != task.objective:
+        raise ConfigError("objective.direction", None, f"minimize or maximize, to go with objective.metric={metric!r}")
+    return metric, task.maximize
+
+
+def objective_value(run: RunInfo, final: Evaluation) -> float:
+    """The run's objective metric in its final evaluation."""
+    if run.objective not in final.metrics:
+        raise ConfigError("objective.metric", run.objective, "a final metric of the task: " + ", ".join(final.metrics))
+    return float(final.metrics[run.objective])
 
 
 def probe(task: Task, dataset: Dataset, settings: Settings, chosen: Mapping[str, Any], rng: Any) -> None:
@@ -223,7 +241,7 @@ def execute(
     launch_dir: Path | None = None,
     pm: plugins.PluginManager | None = None,
 ) -> float:
-    """Build, train and report one run; returns the task's objective metric.
+    """Build, train and report one run; returns its objective metric (see :func:`objective`).
 
     Every run that starts ends through ``framework_run_ended`` with FINISHED,
     FAILED (an exception, a divergence) or KILLED (Ctrl-C), and the exception
@@ -238,6 +256,7 @@ def execute(
         with StepBoundaryInterrupt() as interrupt, threadpool_limits(limits=run.settings.threads):
             hook.framework_run_started(run=run.info)
             final = train(run, hook, interrupt)
+            value = objective_value(run.info, final)
         status = "FINISHED"
     except KeyboardInterrupt:
         status, error = "KILLED", "interrupted (SIGINT)"
@@ -249,4 +268,4 @@ def execute(
         hook.framework_run_ended(run=run.info, status=status, error=error)
     summary = " ".join(f"{k}={v:.6g}" for k, v in final.metrics.items())
     log.info("%s finished in %.2f s: %s", run.info.task, time.perf_counter() - started, summary)
-    return float(final.metrics.get(run.task.objective, math.nan))
+    return value

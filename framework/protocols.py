@@ -164,5 +164,7 @@ class RunInfo:
     overrides: list[str]
     steps: int
     run_name: str | None = None
+    objective: str = "loss"  # the final metric returned to a sweeper
+    maximize: bool = False  # its direction
     launch_dir: Path = field(default_factory=Path.cwd)  # where the user ran the command
     links: dict[str, str] = field(default_factory=dict)  # observers may add (e.g. 'mlflow_run_id')

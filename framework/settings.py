@@ -1,7 +1,7 @@
 """The run-wide settings: seed, precision, training loop and tracking.
 
 These dataclasses are the single source of the defaults under ``train.*``,
-``tracking.*``, ``seed`` and ``dtype`` (stored in Hydra's ConfigStore as the
+``tracking.*``, ``objective.*``, ``seed`` and ``dtype`` (stored in Hydra's ConfigStore as the
 ``framework_settings`` node that conf/config.yaml starts from) and of the
 checks applied to them.
 """
@@ -38,6 +38,18 @@ class TrackingSettings:
 
 
 @dataclass
+class ObjectiveSettings:
+    """The final metric a run returns to a sweeper (Optuna) and by which a sweep's best run is chosen."""
+
+    metric: str | None = param(None, doc="a final metric of the task; null: the task's own objective")
+    direction: str | None = param(
+        None,
+        choices=("minimize", "maximize"),
+        doc="whether lower or higher is better; null: the task's direction for its objective",
+    )
+
+
+@dataclass
 class Settings:
     """Everything of a run that is not a component."""
 
@@ -48,3 +60,4 @@ class Settings:
     )
     train: TrainSettings = field(default_factory=TrainSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)

@@ -20,11 +20,13 @@ import logging
 import os
 import re
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -39,6 +41,13 @@ DATABASE = "mlflow.db"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.sweep)
+SWEEP_TAG = "framework.sweep_id"  # on a sweep's parent run and on each of its jobs' runs
+ROLE_TAG = "framework.role"  # 'sweep' on a parent run
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests the run under its parent in the UI
+OBJECTIVE_TAG = "framework.objective"  # the metric a run returns to sweepers
+DIRECTION_TAG = "framework.direction"  # minimize | maximize
 
 
 class TrackingError(RuntimeError):
@@ -107,6 +116,67 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when the tracking server of an http(s) URI does not answer.
+
+    MLflow's own client retries a dead server for minutes before it gives up.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise TrackingError(f"cannot reach the tracking server {uri}: {reason}") from None
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message."""
+    return (str(error).splitlines() or [""])[0]
+
+
+def connect(uri: str, experiment: str) -> tuple[Any, str]:
+    """A client for ``uri`` and the id of ``experiment``, created if needed, safely under concurrency."""
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    check_reachable(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(uri):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            for _ in range(5):
+                found = client.get_experiment_by_name(experiment)
+                if found is not None:
+                    if found.lifecycle_stage != "active":
+                        raise TrackingError(
+                            f"experiment {experiment!r} is deleted in {uri}: restore it "
+                            "(mlflow experiments restore) or set tracking.experiment=<another name>"
+                        )
+                    return client, found.experiment_id
+                try:
+                    return client, client.create_experiment(experiment, artifact_location(uri, experiment))
+                except MlflowException as error:  # another process created it first: read it back
+                    if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+        except MlflowException as error:
+            raise TrackingError(f"cannot use the tracking store {uri}: {one_line(error)}") from None
+    raise TrackingError(f"cannot create experiment {experiment!r} in {uri}")
+
+
+def sweep_parent(client: Any, experiment_id: str, sweep_id: str) -> str | None:
+    """The id of the parent run that sweep ``sweep_id`` opened in this experiment, if any."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = 'sweep'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
 class MlflowTracker:
     """Records each run in MLflow through :class:`mlflow.MlflowClient` (no global active run)."""
 
@@ -130,8 +200,7 @@ class MlflowTracker:
         except TrackingError:
             raise
         except Exception as error:  # any store failure: one line naming the store
-            first_line = (str(error).splitlines() or [""])[0]
-            raise TrackingError(f"cannot record the run in {uri}: {type(error).__name__}: {first_line}") from error
+            raise TrackingError(f"cannot record the run in {uri}: {type(error).__name__}: {one_line(error)}") from error
         log.info("Tracking run %s in experiment %r at %s", self.run_id, run.experiment, uri)
 
     @hookimpl
@@ -168,8 +237,9 @@ class MlflowTracker:
                 client.set_tag(run_id, "error", error[:5000])
             client.set_terminated(run_id, status)
         except Exception as failure:
-            first_line = (str(failure).splitlines() or [""])[0]
-            raise TrackingError(f"could not record the end ({status}) of run {run_id}: {first_line}") from failure
+            raise TrackingError(
+                f"could not record the end ({status}) of run {run_id}: {one_line(failure)}"
+            ) from failure
         finally:
             self.client, self.run_id, self.buffer = None, None, []
 
@@ -185,46 +255,32 @@ class MlflowTracker:
 
     def _start(self, run: RunInfo, uri: str) -> None:
         """Create the run in ``uri`` and log its params, config, overrides and tags."""
-        client, experiment_id = self._connect(uri, run.experiment)
-        tags = {"command": shlex.join(["python", "-m", "framework", *run.overrides]), "framework.task": run.task}
+        client, experiment_id = connect(uri, run.experiment)
+        tags = {
+            "command": shlex.join(["python", "-m", "framework", *run.overrides]),
+            "framework.task": run.task,
+            OBJECTIVE_TAG: run.objective,
+            DIRECTION_TAG: "maximize" if run.maximize else "minimize",
+        }
         commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
+        sweep_id = os.environ.get(SWEEP_ENV)
+        if sweep_id:  # a job of a sweep: a child of the sweep's parent run
+            tags[SWEEP_TAG] = sweep_id
+            parent = sweep_parent(client, experiment_id, sweep_id)
+            if parent is None:
+                log.warning(
+                    "sweep %s has no parent run in experiment %r; recording a top-level run", sweep_id, run.experiment
+                )
+            else:
+                tags[PARENT_TAG] = parent
         created = client.create_run(experiment_id, tags=tags, run_name=run.run_name)
         self.client, self.run_id = client, created.info.run_id  # from here on, run_ended closes it
         run.links["mlflow_run_id"] = self.run_id
         self._log_params(run.config)
         client.log_text(self.run_id, yaml.safe_dump(run.config, sort_keys=False), "config.yaml")
         client.log_text(self.run_id, yaml.safe_dump(list(run.overrides)), "overrides.yaml")
-
-    def _connect(self, uri: str, experiment: str) -> tuple[Any, str]:
-        """A client for ``uri`` and the id of ``experiment``, created if needed, safely under concurrency."""
-        for name in ("alembic", "mlflow.store.db.utils"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        with store_lock(uri):
-            try:
-                client = MlflowClient(tracking_uri=uri)
-                for _ in range(5):
-                    found = client.get_experiment_by_name(experiment)
-                    if found is not None:
-                        if found.lifecycle_stage != "active":
-                            raise TrackingError(
-                                f"experiment {experiment!r} is deleted in {uri}: restore it "
-                                "(mlflow experiments restore) or set tracking.experiment=<another name>"
-                            )
-                        return client, found.experiment_id
-                    try:
-                        return client, client.create_experiment(experiment, artifact_location(uri, experiment))
-                    except MlflowException as error:  # another process created it first: read it back
-                        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                            raise
-            except MlflowException as error:
-                first_line = (str(error).splitlines() or [""])[0]
-                raise TrackingError(f"cannot use the tracking store {uri}: {first_line}") from None
-        raise TrackingError(f"cannot create experiment {experiment!r} in {uri}")
 
     def _log_params(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

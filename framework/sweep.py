@@ -1,0 +1,237 @@
+"""A sweep in MLflow: one parent run per ``--multirun``, a child run per job, a summary at the end.
+
+A Hydra callback (``hydra.callbacks.sweep`` in conf/config.yaml) opens, when a
+multirun starts, a parent run in the experiment of each task the sweep covers
+(usually one), all tagged with a fresh sweep id. The id reaches every job
+through ``hydra.job.env_set``, which Hydra applies inside the job wherever it
+runs (this process, a joblib worker, a Ray worker, a SLURM node); the job's
+tracker finds its experiment's parent by that tag and nests its run under it.
+
+When the sweep ends, however it ends, each parent receives the summary: a
+table of its children (status, the parameters that vary, final metrics), the
+number of jobs per status, and the best child for the objective the children
+report (``objective.*``). The parent is FINISHED when the sweep completed and
+every child finished, KILLED when a child was interrupted, FAILED otherwise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from framework.cli import fail
+from framework.tracking import (
+    DIRECTION_TAG,
+    OBJECTIVE_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    SWEEP_ENV,
+    SWEEP_TAG,
+    TrackingError,
+    connect,
+    one_line,
+    resolve_uri,
+)
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
+
+
+@dataclass
+class Parent:
+    """A sweep's parent run in one experiment."""
+
+    client: Any
+    experiment_id: str
+    run_id: str
+
+
+def swept_values(overrides: Sequence[str], key: str) -> list[str] | None:
+    """The values the command-line overrides give ``key`` (several for a sweep), None if not overridden."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.key_or_group == key:
+            if override.is_sweep_override():
+                return [str(value) for value in override.sweep_string_iterator()]
+            return [override.get_value_element_as_str()]
+    return None
+
+
+def sweep_experiments(config: DictConfig) -> list[str]:
+    """The experiments the sweep's jobs record into: one parent run goes into each.
+
+    ``tracking.experiment`` if set (or swept), else the task's name, one per task swept.
+    """
+    overrides = list(config.hydra.overrides.task)
+    names = (
+        swept_values(overrides, "tracking.experiment")
+        or ([config.tracking.experiment] if config.tracking.experiment else None)
+        or swept_values(overrides, "task")
+        or [config.hydra.runtime.choices.task]
+    )
+    return list(dict.fromkeys(names))
+
+
+def children_of(parent: Parent) -> list[Any]:
+    """Every run nested under ``parent``, oldest first."""
+    runs, token = [], None
+    while True:
+        page = parent.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'",
+            order_by=["attribute.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def varying_params(children: Sequence[Any]) -> list[str]:
+    """The parameter keys whose values differ between the children, sorted (run names aside)."""
+    keys = {key for child in children for key in child.data.params} - {"tracking.run_name"}
+    return sorted(k for k in keys if len({child.data.params.get(k) for child in children}) > 1)
+
+
+def best_child(children: Sequence[Any]) -> tuple[Any, str] | None:
+    """The finished child with the best objective, and the objective's name.
+
+    Each child carries its objective and direction as tags; a sweep whose
+    children disagree on them (e.g. several tasks in one experiment) has no best.
+    """
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    objectives = {(c.data.tags.get(OBJECTIVE_TAG), c.data.tags.get(DIRECTION_TAG)) for c in finished}
+    if len(objectives) != 1:
+        return None
+    ((metric, direction),) = objectives
+    scored = [c for c in finished if math.isfinite(c.data.metrics.get(metric, math.nan))]
+    if not scored:
+        return None
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(scored, key=lambda c: sign * c.data.metrics[metric]), metric
+
+
+def summary_table(children: Sequence[Any]) -> dict[str, list[Any]]:
+    """One row per child: run name and id, status, the parameters that vary, final metrics."""
+    params = varying_params(children)
+    metrics = sorted({key for child in children for key in child.data.metrics})
+    return {
+        "run_name": [c.info.run_name for c in children],
+        "run_id": [c.info.run_id for c in children],
+        "status": [c.info.status for c in children],
+        **{key: [c.data.params.get(key) for c in children] for key in params},
+        **{key: [c.data.metrics.get(key) for c in children] for key in metrics},
+    }
+
+
+def parent_status(counts: Counter, completed: bool) -> str:
+    """FINISHED if the sweep completed and every child finished; KILLED if a child was interrupted; else FAILED."""
+    if counts["KILLED"]:
+        return "KILLED"
+    if completed and counts and counts["FINISHED"] == sum(counts.values()):
+        return "FINISHED"
+    return "FAILED"
+
+
+def summarise(parent: Parent, completed: bool) -> None:
+    """Write the sweep's summary into its parent run and end it."""
+    from mlflow.entities import Metric, Param
+
+    client, run_id = parent.client, parent.run_id
+    children = children_of(parent)
+    counts = Counter(child.info.status for child in children)
+    note = f"{len(children)} jobs" + "".join(f", {counts[s]} {s}" for s in STATUSES if counts[s])
+    if not completed:
+        note += "; the sweep did not complete (a job failed, or it was interrupted)"
+    metrics = [Metric(f"jobs_{s.lower()}", counts[s], 0, 0) for s in STATUSES]
+    params, tags = [], {}
+    best = best_child(children)
+    if best is not None:
+        child, metric = best
+        note += f". Best: {child.info.run_name} ({metric}={child.data.metrics[metric]:.6g})"
+        metrics.append(Metric(f"best_{metric}", child.data.metrics[metric], 0, 0))
+        varying = {key: child.data.params.get(key) for key in varying_params(children)}
+        params = [Param(f"best.{key}", value) for key, value in varying.items() if value is not None]
+        tags = {"best_run_id": child.info.run_id, "best_run_name": child.info.run_name, OBJECTIVE_TAG: metric}
+    tags["mlflow.note.content"] = note
+    client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    if children:
+        client.log_table(run_id, summary_table(children), "summary.json")
+    client.set_terminated(run_id, parent_status(counts, completed))
+    log.info("sweep %s: %s", run_id, note)
+
+
+class SweepRecorder(Callback):
+    """Hydra callback: the parent run(s) of a multirun, and their summary when it ends."""
+
+    def __init__(self) -> None:
+        self.parents: list[Parent] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.enabled:
+            return
+        sweep_id = uuid.uuid4().hex
+        uri = resolve_uri(config.tracking.uri, Path(config.hydra.runtime.cwd))
+        atexit.register(self.close, completed=False)  # a sweep that raises or is interrupted is summarised too
+        try:
+            for experiment in sweep_experiments(config):
+                self.parents.append(self.open_parent(config, uri, experiment, sweep_id))
+        except TrackingError as error:
+            fail(error, 1)
+        except Exception as error:
+            fail(f"cannot open the sweep's run in {uri}: {type(error).__name__}: {one_line(error)}", 1)
+        with read_write(config.hydra.overrides.hydra):
+            config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{SWEEP_ENV}={sweep_id}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.unregister(self.close)
+        self.close(completed=True)
+
+    @staticmethod
+    def open_parent(config: DictConfig, uri: str, experiment: str, sweep_id: str) -> Parent:
+        """Create the parent run in ``experiment`` with the sweep's overrides as params and sweep.yaml."""
+        from mlflow.entities import Param
+
+        client, experiment_id = connect(uri, experiment)
+        overrides = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
+        command = " ".join(["python", "-m", "framework", "--multirun", *overrides])
+        tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "command": command}
+        tags["framework.sweep_dir"] = config.hydra.sweep.dir
+        name = " ".join(["sweep", *config.hydra.overrides.task])[:200]
+        run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+        pairs = (override.partition("=") for override in overrides)
+        params = [Param(key.lstrip("+~"), value[:6000]) for key, _, value in pairs]
+        client.log_batch(run_id, params=params, synchronous=True)
+        sweep = {
+            "overrides": list(config.hydra.overrides.task),
+            "hydra_overrides": list(config.hydra.overrides.hydra),
+            "sweeper": OmegaConf.to_container(config.hydra.sweeper),
+            "launcher": OmegaConf.to_container(config.hydra.launcher),
+        }
+        client.log_text(run_id, yaml.safe_dump(sweep, sort_keys=False), "sweep.yaml")
+        return Parent(client, experiment_id, run_id)
+
+    def close(self, completed: bool) -> None:
+        """Summarise and end every parent run still open."""
+        parents, self.parents = self.parents, []
+        for parent in parents:
+            try:
+                summarise(parent, completed)
+            except Exception as error:  # the jobs' own records are intact; say what is missing
+                log.error("could not write the summary of sweep run %s: %s", parent.run_id, one_line(error))
