@@ -109,10 +109,11 @@ def test_migrate_copies_every_run_once(cli, tmp_path: Path, default_store) -> No
     artifacts = Path(target.get_run(copied_child).info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(database.parent / "artifacts" / "counting")  # beside the target's database
 
-    again = cli("migrate", "--to", f"sqlite:///{database}")
+    again = cli("migrate", "--to", f"sqlite:///{database}", "--experiment", "counting")
     assert again.returncode == 0, again.stderr
-    assert "counting: 0 runs copied, 4 skipped" in again.stdout.splitlines()
-    assert again.stdout.splitlines()[-1].startswith("total: 0 runs copied, 4 skipped")
+    lines = again.stdout.splitlines()
+    assert lines[0] == "counting: 0 runs copied, 4 skipped"  # only the experiment named
+    assert lines[1].startswith("total: 0 runs copied, 4 skipped") and len(lines) == 2
     assert len(runs_of(target, "counting")) == 4
 
 
