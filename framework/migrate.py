@@ -28,10 +28,10 @@ import os
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from framework.tracking import (
@@ -42,8 +42,10 @@ from framework.tracking import (
     STORE_DIR,
     TrackingError,
     check_reachable,
+    chunks,
     connect,
     one_line,
+    pages,
     resolve_uri,
     sqlite_path,
 )
@@ -51,8 +53,6 @@ from framework.tracking import (
 MIGRATED_TAG = "framework.migrated_from"  # "<source uri>#<source run id>" on every copy
 RUN_NAME_TAG = "mlflow.runName"  # the target sets it from the run name
 PAGE_SIZE = 1000
-
-T = TypeVar("T")
 
 
 class MigrationError(RuntimeError):
@@ -76,23 +76,6 @@ class Tally:
     copied: int = 0
     skipped: int = 0
     copies: list[Copy] = field(default_factory=list)
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """``items`` in slices of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def pages(search: Callable[..., Any]) -> Iterator[Any]:
-    """Every result of an MLflow search, following its page tokens."""
-    token = None
-    while True:
-        page = search(page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def plural(count: int, noun: str) -> str:

@@ -42,6 +42,7 @@ from framework.tracking import (
     TrackingError,
     connect,
     one_line,
+    pages,
     resolve_uri,
 )
 
@@ -86,19 +87,17 @@ def sweep_experiments(config: DictConfig) -> list[str]:
 
 def children_of(parent: Parent) -> list[Any]:
     """Every run nested under ``parent``, oldest first."""
-    runs, token = [], None
-    while True:
-        page = parent.client.search_runs(
-            [parent.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'",
-            order_by=["attribute.start_time ASC"],
-            max_results=1000,
-            page_token=token,
+    return list(
+        pages(
+            lambda page_token: parent.client.search_runs(
+                [parent.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'",
+                order_by=["attribute.start_time ASC"],
+                max_results=1000,
+                page_token=page_token,
+            )
         )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    )
 
 
 def varying_params(children: Sequence[Any]) -> list[str]:

@@ -23,9 +23,9 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -48,6 +48,9 @@ ROLE_TAG = "framework.role"  # 'sweep' on a parent run
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests the run under its parent in the UI
 OBJECTIVE_TAG = "framework.objective"  # the metric a run returns to sweepers
 DIRECTION_TAG = "framework.direction"  # minimize | maximize
+
+
+T = TypeVar("T")
 
 
 class TrackingError(RuntimeError):
@@ -167,6 +170,23 @@ def connect(uri: str, experiment: str) -> tuple[Any, str]:
     raise TrackingError(f"cannot create experiment {experiment!r} in {uri}")
 
 
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def pages(search: Callable[..., Any]) -> Iterator[Any]:
+    """Every result of an MLflow search, following its page tokens."""
+    token = None
+    while True:
+        page = search(page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def sweep_parent(client: Any, experiment_id: str, sweep_id: str) -> str | None:
     """The id of the parent run that sweep ``sweep_id`` opened in this experiment, if any."""
     found = client.search_runs(
@@ -250,8 +270,8 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         buffer, self.buffer = [Metric(*entry) for entry in self.buffer], []
-        for start in range(0, len(buffer), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=buffer[start : start + METRICS_PER_BATCH], synchronous=True)
+        for batch in chunks(buffer, METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def _start(self, run: RunInfo, uri: str) -> None:
         """Create the run in ``uri`` and log its params, config, overrides and tags."""
@@ -286,8 +306,8 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
-        for start in range(0, len(params), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=params[start : start + PARAMS_PER_BATCH], synchronous=True)
+        for batch in chunks(params, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=batch, synchronous=True)
 
 
 tracker = MlflowTracker()  # the plugin object (see plugins.DEFAULT_PLUGINS)
