@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from framework import engine, plugins
+from framework.checkpoint import CheckpointError
 from framework.config import ConfigError
 from framework.registry import PluginError
 from framework.tracking import TrackingError
@@ -51,8 +52,11 @@ def run(cfg: DictConfig) -> float:
     if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.run_name is None:
         cfg.tracking.run_name = hydra_config.job.override_dirname or f"job {hydra_config.job.num}"
     try:
-        return engine.execute(cfg, list(hydra_config.overrides.task), Path(hydra_config.runtime.cwd))
-    except (ConfigError, PluginError, engine.IncompatibleError) as error:
+        overrides = list(hydra_config.overrides.task)
+        return engine.execute(
+            cfg, overrides, Path(hydra_config.runtime.cwd), output_dir=Path(hydra_config.runtime.output_dir)
+        )
+    except (ConfigError, PluginError, engine.IncompatibleError, CheckpointError) as error:
         fail_job(error, 2)
     except (engine.DivergenceError, TrackingError) as error:
         fail_job(error, 1)

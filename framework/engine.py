@@ -7,14 +7,14 @@ forward over time -> loss -> backward through time -> clip -> optimizer step
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import signal
+import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from framework import plugins, seeding
+from framework import checkpoint, plugins, seeding
 from framework.config import ConfigError
 from framework.config import build as build_config
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
-from framework.protocols import Dataset, Evaluation, Optimizer, Parts, RunInfo, Task
+from framework.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, RunInfo, Task
 from framework.registry import KINDS, Component
 from framework.settings import ObjectiveSettings, Settings
 
@@ -74,9 +74,13 @@ class StepBoundaryInterrupt:
             signal.signal(signal.SIGINT, self.previous)
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt if Ctrl-C was pressed since the last check."""
+        """Raise :class:`Interrupted` if Ctrl-C was pressed since the last check."""
         if self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, taken at a step boundary: the run's state is consistent and can be checkpointed."""
 
 
 @dataclass
@@ -93,14 +97,17 @@ class History:
 
 @dataclass
 class Run:
-    """A run, fully built and checked, not yet started."""
+    """A run, fully built and checked, and how far it has trained."""
 
     info: RunInfo
     settings: Settings
     task: Task
-    dataset: Dataset
     optimizer: Optimizer
-    batch_rng: np.random.Generator
+    batches: Iterator[Batch]  # the dataset's stream of training batches
+    streams: seeding.RandomStreams  # every random stream of the run, for checkpoints
+    step: int = 0  # optimizer updates done
+    state: Any = None  # the hidden state carried into the next batch
+    history: History = field(default_factory=History)
 
 
 def choose(pm: plugins.PluginManager, kind: str, config: Mapping[str, Any]) -> tuple[Component, Any]:
@@ -118,6 +125,7 @@ def build(
     pm: plugins.PluginManager,
     overrides: Sequence[str] = (),
     launch_dir: Path | None = None,
+    output_dir: Path | None = None,
 ) -> Run:
     """Check ``cfg`` and build every component of the run by name; nothing is recorded yet.
 
@@ -126,7 +134,7 @@ def build(
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     settings: Settings = build_config(Settings, config, ignore=KINDS)
     chosen = {kind: choose(pm, kind, config) for kind in KINDS}
-    rng = functools.partial(seeding.rng, settings.seed)
+    rng = seeding.RandomStreams(settings.seed)
     dtype = np.dtype(settings.dtype)
 
     def component(kind: str, *args: Any) -> Any:
@@ -151,11 +159,14 @@ def build(
         steps=settings.train.steps,
         run_name=settings.tracking.run_name,
         launch_dir=launch_dir or Path.cwd(),
+        output_dir=output_dir or Path.cwd(),
+        resume=settings.resume,
     )
     task = component("task", parts)
     info.objective, info.maximize = objective(settings.objective, task)
     probe(task, dataset, settings, chosen, rng)
-    return Run(info, settings, task, dataset, component("optim"), rng("batches"))
+    batches = dataset.batches(settings.train.batch_size, rng("batches"))
+    return Run(info, settings, task, component("optim"), batches, rng)
 
 
 def objective(settings: ObjectiveSettings, task: Task) -> tuple[str, bool]:
@@ -192,24 +203,22 @@ def probe(task: Task, dataset: Dataset, settings: Settings, chosen: Mapping[str,
 
 
 def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -> Evaluation:
-    """The training loop; returns the final evaluation.
+    """The training loop, from ``run.step`` to ``train.steps``; returns the final evaluation.
 
     One loop for every regime: the dataset's batches decide between full-batch,
     minibatch and one-sequence-per-step training, and whether the final state
     of a batch is carried into the next (truncated BPTT) or reset. An
     evaluation may stop training early (``Evaluation.stop``); the final
-    evaluation then happens at that step.
+    evaluation then happens at that step. Every ``train.checkpoint_every``
+    steps, and at the end, the run is checkpointed.
     """
     settings, model = run.settings.train, run.task.model
-    history = History()
-    batches = run.dataset.batches(settings.batch_size, run.batch_rng)
-    state = None
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for step in range(settings.steps):
-            batch = next(batches)
-            result = model.loss_and_grads(batch, None if batch.new_sequence else state)
-            state = result.state  # carried, never back-propagated through
+        while run.step < settings.steps:
+            step = run.step
+            batch = next(run.batches)
+            result = model.loss_and_grads(batch, None if batch.new_sequence else run.state)
             norm = global_norm(result.grads)
             if not (math.isfinite(result.loss) and math.isfinite(norm)):
                 raise DivergenceError(step, result.loss, norm)
@@ -218,21 +227,66 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
             if settings.clip_norm is not None:
                 clip_by_norm(result.grads, settings.clip_norm, norm)
             run.optimizer.step(model.params, result.grads, result.loss)
+            run.state = result.state  # carried, never back-propagated through
             metrics = {"loss": result.loss, "grad_norm": norm, **run.task.trace(result.loss)}
-            history.record(metrics)
+            run.history.record(metrics)
             hook.framework_metrics(run=run.info, step=step, metrics=metrics)
-            done = step + 1
+            run.step = done = step + 1
             if settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
-                evaluation = run.task.evaluate(done, history.values, final=False)
+                evaluation = run.task.evaluate(done, run.history.values, final=False)
                 if evaluation.stop:  # the final evaluation below reports this step
                     log.info("%s: the task asked to stop after %d steps", run.info.task, done)
                     break
                 hook.framework_evaluation(run=run.info, step=done, evaluation=evaluation, final=False)
+            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
+                save_checkpoint(run, hook)
             if interrupt is not None:
                 interrupt.check()
-    final = run.task.evaluate(done, history.values, final=True)
-    hook.framework_evaluation(run=run.info, step=done, evaluation=final, final=True)
+    final = run.task.evaluate(run.step, run.history.values, final=True)
+    hook.framework_evaluation(run=run.info, step=run.step, evaluation=final, final=True)
+    save_checkpoint(run, hook)
     return final
+
+
+def save_checkpoint(run: Run, hook: Any) -> None:
+    """Write the run's checkpoint to ``<output dir>/checkpoints/last.npz`` and announce it."""
+    task_state = getattr(run.task, "checkpoint_state", dict)()
+    snapshot = checkpoint.Checkpoint(
+        task=run.info.task,
+        step=run.step,
+        params=run.task.model.params,
+        optimizer=checkpoint.optimizer_state(run.optimizer),
+        state=run.state,
+        history=dict(run.history.values),
+        streams=run.streams.states(),
+        task_state=task_state,
+    )
+    path = checkpoint.save(run.info.output_dir / "checkpoints" / "last.npz", snapshot)
+    hook.framework_checkpoint(run=run.info, step=run.step, path=path)
+
+
+def restore(run: Run, saved: checkpoint.Checkpoint, origin: str) -> None:
+    """Put ``run`` where the checkpoint ``saved`` left it: the next step is ``saved.step``.
+
+    The batch stream is replayed up to that step, so that the resumed run sees
+    the batches the original would have; the random streams' saved states must
+    then match theirs (else the data differ), and are restored.
+    """
+    params = run.task.model.params
+    checkpoint.check_fits(saved, run.info.task, params, origin)
+    for _ in range(saved.step):
+        next(run.batches)
+    try:
+        run.streams.restore(saved.streams)
+    except ValueError as error:
+        raise checkpoint.CheckpointError(f"the checkpoint {origin} does not fit this run: {error}") from None
+    for name, value in saved.params.items():
+        params[name][...] = value
+    checkpoint.restore_optimizer(run.optimizer, saved.optimizer)
+    if saved.task_state:
+        run.task.restore_state(saved.task_state)
+    run.step, run.state = saved.step, saved.state
+    run.history.values.update({k: list(map(float, v)) for k, v in saved.history.items()})
 
 
 def execute(
@@ -240,16 +294,50 @@ def execute(
     overrides: Sequence[str] = (),
     launch_dir: Path | None = None,
     pm: plugins.PluginManager | None = None,
+    output_dir: Path | None = None,
 ) -> float:
-    """Build, train and report one run; returns its objective metric (see :func:`objective`).
+    """Build (or resume), train and report one run; returns its objective metric (see :func:`objective`).
 
     Every run that starts ends through ``framework_run_ended`` with FINISHED,
-    FAILED (an exception, a divergence) or KILLED (Ctrl-C), and the exception
-    propagates.
+    FAILED (an exception, a divergence) or KILLED (Ctrl-C, after a last
+    checkpoint), and the exception propagates. Checkpoints go to
+    ``output_dir/checkpoints`` (Hydra's output folder; a temporary one if None).
     """
     pm = pm or plugins.manager()
-    run = build(cfg, pm, overrides, launch_dir)
-    hook = pm.hook
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    launch_dir = launch_dir or Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="framework-run-") as scratch:
+        output_dir = output_dir or Path(scratch)
+        saved = None
+        if config.get("resume"):
+            config, saved, origin = resumable(config, overrides, launch_dir, output_dir)
+        run = build(config, pm, overrides, launch_dir, output_dir)
+        if saved is not None:
+            restore(run, saved, origin)
+        return train_and_report(run, pm.hook)
+
+
+def resumable(
+    config: dict[str, Any], overrides: Sequence[str], launch_dir: Path, into: Path
+) -> tuple[dict[str, Any], checkpoint.Checkpoint, str]:
+    """The config and last checkpoint of the run named by ``resume``, fetched from its tracking store."""
+    run_id = config["resume"]
+    extra = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "tracking.uri")]
+    if extra:
+        accepted = f"a run id given alone: the run continues with its own config (remove {' '.join(extra)})"
+        raise ConfigError("resume", run_id, accepted)
+    if not config["tracking"]["enabled"]:
+        raise ConfigError("tracking.enabled", False, "true with resume=<run id>: the run is in the tracking store")
+    from framework.tracking import fetch_run
+
+    original, path = fetch_run(config["tracking"]["uri"], launch_dir, run_id, into)
+    original["resume"] = run_id
+    original["tracking"]["uri"] = config["tracking"]["uri"]
+    return original, checkpoint.load(path), f"of run {run_id}"
+
+
+def train_and_report(run: Run, hook: Any) -> float:
+    """Train ``run`` between its start and end events; returns its objective."""
     status, error = "FAILED", None
     started = time.perf_counter()
     try:
@@ -257,9 +345,12 @@ def execute(
             hook.framework_run_started(run=run.info)
             final = train(run, hook, interrupt)
             value = objective_value(run.info, final)
+            hook.framework_trained(run=run.info, task=run.task, step=run.step)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         status, error = "KILLED", "interrupted (SIGINT)"
+        if isinstance(interruption, Interrupted):  # at a step boundary: a consistent state to resume from
+            save_checkpoint(run, hook)
         raise
     except Exception as exc:
         error = str(exc) if isinstance(exc, DivergenceError) else f"{type(exc).__name__}: {exc}"

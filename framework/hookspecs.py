@@ -27,10 +27,11 @@ The factories are called as:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pluggy
 
-from framework.protocols import Evaluation, RunInfo
+from framework.protocols import Evaluation, RunInfo, Task
 from framework.registry import Register
 
 PROJECT = "framework"
@@ -89,6 +90,20 @@ def framework_metrics(run: RunInfo, step: int, metrics: Mapping[str, float]) -> 
 @hookspec
 def framework_evaluation(run: RunInfo, step: int, evaluation: Evaluation, final: bool) -> None:
     """The task was evaluated after ``step`` updates: metrics, sampled outputs, figures."""
+
+
+@hookspec
+def framework_checkpoint(run: RunInfo, step: int, path: Path) -> None:
+    """A checkpoint of the run after ``step`` updates was written to ``path`` (see framework.checkpoint)."""
+
+
+@hookspec
+def framework_trained(run: RunInfo, task: Task, step: int) -> None:
+    """Training finished after ``step`` updates; ``task.model.params`` are the trained weights.
+
+    Called once, before ``framework_run_ended`` with FINISHED, so an observer can
+    save the trained network (the MLflow model); an observer that raises fails the run.
+    """
 
 
 @hookspec

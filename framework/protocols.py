@@ -167,4 +167,6 @@ class RunInfo:
     objective: str = "loss"  # the final metric returned to a sweeper
     maximize: bool = False  # its direction
     launch_dir: Path = field(default_factory=Path.cwd)  # where the user ran the command
+    output_dir: Path = field(default_factory=Path.cwd)  # the run's own folder (checkpoints/)
+    resume: str | None = None  # the id of the tracked run this one continues
     links: dict[str, str] = field(default_factory=dict)  # observers may add (e.g. 'mlflow_run_id')

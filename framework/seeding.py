@@ -14,3 +14,36 @@ def rng(seed: int, stream: str) -> np.random.Generator:
     independent and adding a stream never shifts the numbers of another.
     """
     return np.random.default_rng([seed, zlib.crc32(stream.encode())])
+
+
+class RandomStreams:
+    """The named streams of one run's seed, remembered in the order they were made.
+
+    A checkpoint saves the state of every stream a run made and restores them
+    in the same order, so a resumed run draws the numbers the original would have.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.made: list[tuple[str, np.random.Generator]] = []
+
+    def __call__(self, stream: str) -> np.random.Generator:
+        """A new generator for ``stream`` (see :func:`rng`), remembered."""
+        generator = rng(self.seed, stream)
+        self.made.append((stream, generator))
+        return generator
+
+    def states(self) -> list[tuple[str, dict]]:
+        """(stream name, bit-generator state) of every stream made, in order."""
+        return [(name, generator.bit_generator.state) for name, generator in self.made]
+
+    def restore(self, states: list[tuple[str, dict]]) -> None:
+        """Put every stream back into a saved state; the run must have made the same streams."""
+        names = [name for name, _ in self.made]
+        saved = [name for name, _ in states]
+        if names != saved:
+            raise ValueError(
+                f"the run's random streams ({', '.join(names)}) differ from the saved ones ({', '.join(saved)})"
+            )
+        for (_, generator), (_, state) in zip(self.made, states, strict=True):
+            generator.bit_generator.state = state

@@ -1,7 +1,7 @@
 """The run-wide settings: seed, precision, training loop and tracking.
 
 These dataclasses are the single source of the defaults under ``train.*``,
-``tracking.*``, ``objective.*``, ``seed`` and ``dtype`` (stored in Hydra's ConfigStore as the
+``tracking.*``, ``objective.*``, ``model.*``, ``resume``, ``seed`` and ``dtype`` (stored in Hydra's ConfigStore as the
 ``framework_settings`` node that conf/config.yaml starts from) and of the
 checks applied to them.
 """
@@ -22,6 +22,9 @@ class TrainSettings:
     eval_every: int = param(0, ge=0, doc="evaluate (metrics, samples, figures) every N steps; 0: only at the end")
     clip_value: float | None = param(None, gt=0, doc="clip every gradient element to [-v, v] (null: off)")
     clip_norm: float | None = param(None, gt=0, doc="rescale the gradients when their global norm exceeds this")
+    checkpoint_every: int = param(
+        0, ge=0, doc="save a checkpoint (run artifact checkpoints/last.npz) every N steps; 0: only at the end"
+    )
 
 
 @dataclass
@@ -35,6 +38,15 @@ class TrackingSettings:
     experiment: str | None = param(None, doc="experiment name; null: the task's name")
     run_name: str | None = param(None, doc="run name; null: MLflow picks one")
     flush_every: int = param(1000, ge=1, doc="write buffered metrics after this many values")
+
+
+@dataclass
+class ModelSettings:
+    """The trained network as an MLflow model (pyfunc), for tasks that can predict."""
+
+    log: bool = param(True, doc="log the trained network as the run's MLflow model 'model'")
+    register: bool = param(False, doc="also register it in the MLflow model registry")
+    name: str | None = param(None, doc="the registered model's name; null: the task's name")
 
 
 @dataclass
@@ -61,3 +73,5 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    resume: str | None = param(None, doc="an MLflow run id: continue that run from its last checkpoint")

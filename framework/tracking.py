@@ -32,7 +32,7 @@ import yaml
 
 from framework.config import flatten
 from framework.hookspecs import hookimpl
-from framework.protocols import Evaluation, RunInfo
+from framework.protocols import Evaluation, RunInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
+CHECKPOINT = "checkpoints/last.npz"  # a run's last checkpoint, as an artifact
 SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.sweep)
 SWEEP_TAG = "framework.sweep_id"  # on a sweep's parent run and on each of its jobs' runs
 ROLE_TAG = "framework.role"  # 'sweep' on a parent run
@@ -197,6 +198,35 @@ def sweep_parent(client: Any, experiment_id: str, sweep_id: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
+def fetch_run(setting: str | None, launch_dir: Path, run_id: str, into: Path) -> tuple[dict[str, Any], Path]:
+    """The config of tracked run ``run_id`` and its last checkpoint, downloaded into ``into``."""
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_uri(setting, launch_dir)
+    check_reachable(uri)
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise TrackingError(f"resume={run_id}: there is no tracking store at {database}")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files
+    try:
+        found = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"resume={run_id}: no such run in {uri}") from None
+    if found.info.status == "FINISHED":
+        raise TrackingError(f"resume={run_id}: the run FINISHED; there is nothing to resume")
+    try:
+        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(into))).read_text())
+        path = Path(client.download_artifacts(run_id, CHECKPOINT, str(into)))
+    except (MlflowException, OSError):
+        raise TrackingError(
+            f"resume={run_id}: the run has no {CHECKPOINT} to resume from (set train.checkpoint_every to save them)"
+        ) from None
+    return config, path
+
+
 class MlflowTracker:
     """Records each run in MLflow through :class:`mlflow.MlflowClient` (no global active run)."""
 
@@ -247,6 +277,21 @@ class MlflowTracker:
             self.client.log_figure(self.run_id, figure, f"figures/{folder}{name}.png")
 
     @hookimpl
+    def framework_checkpoint(self, run: RunInfo, step: int, path: Path) -> None:
+        if self.run_id is None:
+            return
+        self.flush()  # the metrics up to the checkpoint are stored with it
+        self.client.log_artifact(self.run_id, str(path), str(Path(CHECKPOINT).parent))
+
+    @hookimpl
+    def framework_trained(self, run: RunInfo, task: Task, step: int) -> None:
+        if self.run_id is None or not run.config["model"]["log"]:
+            return
+        from framework.models import log_model
+
+        log_model(self.client, self.run_id, run, task)
+
+    @hookimpl
     def framework_run_ended(self, run: RunInfo, status: str, error: str | None) -> None:
         if self.run_id is None:
             return
@@ -274,8 +319,13 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def _start(self, run: RunInfo, uri: str) -> None:
-        """Create the run in ``uri`` and log its params, config, overrides and tags."""
+        """Create the run in ``uri`` and log its params, config, overrides and tags; or reopen a resumed run."""
         client, experiment_id = connect(uri, run.experiment)
+        if run.resume:
+            client.update_run(run.resume, status="RUNNING")
+            self.client, self.run_id = client, run.resume
+            run.links["mlflow_run_id"] = run.resume
+            return
         tags = {
             "command": shlex.join(["python", "-m", "framework", *run.overrides]),
             "framework.task": run.task,
