@@ -57,7 +57,7 @@ def optimizer_state(optimizer: Any) -> dict[str, Any]:
         if name == "config":
             continue
         if isinstance(value, dict):
-            value = {key: np.array(array) for key, array in value.items()}
+            value = {key: v if isinstance(v, (int, float)) else np.array(v) for key, v in value.items()}
         elif value is not None and not isinstance(value, (int, float, np.ndarray)):
             raise CheckpointError(
                 f"optimizer {type(optimizer).__name__} cannot be checkpointed: its attribute {name!r} is a "
@@ -83,16 +83,18 @@ def save(path: Path, checkpoint: Checkpoint) -> Path:
     """Write ``checkpoint`` to ``path`` atomically (write ``path.tmp``, then rename)."""
     arrays: dict[str, np.ndarray] = {f"params/{k}": v for k, v in checkpoint.params.items()}
     scalars: dict[str, float | int | None] = {}
+    numbers: list[str] = []  # per-parameter plain numbers (e.g. Adam's step counts), not arrays
     for name, value in checkpoint.optimizer.items():
         if isinstance(value, dict):
-            arrays.update({f"optim/{name}/{k}": v for k, v in value.items()})
+            arrays.update({f"optim/{name}/{k}": np.asarray(v) for k, v in value.items()})
+            numbers += [f"{name}/{k}" for k, v in value.items() if isinstance(v, (int, float))]
             scalars.setdefault(f"dict:{name}", None)
         elif isinstance(value, np.ndarray):
             arrays[f"optim/{name}"] = value
         else:
             scalars[name] = value
     state = checkpoint.state
-    parts = () if state is None else (state,) if isinstance(state, np.ndarray) else tuple(state)
+    parts = () if state is None else tuple(state) if isinstance(state, (tuple, list)) else (state,)
     arrays.update({f"state/{i}": np.asarray(part) for i, part in enumerate(parts)})
     arrays.update({f"history/{k}": np.asarray(v, dtype=np.float64) for k, v in checkpoint.history.items()})
     arrays.update({f"task/{k}": np.asarray(v) for k, v in checkpoint.task_state.items()})
@@ -102,7 +104,8 @@ def save(path: Path, checkpoint: Checkpoint) -> Path:
         "step": checkpoint.step,
         "shapes": {k: list(v.shape) for k, v in checkpoint.params.items()},
         "optimizer_scalars": scalars,
-        "state": "none" if state is None else "array" if isinstance(state, np.ndarray) else "tuple",
+        "optimizer_numbers": numbers,
+        "state": "none" if state is None else "tuple" if isinstance(state, (tuple, list)) else "array",
         "streams": checkpoint.streams,
     }
     arrays["meta"] = np.array(json.dumps(meta))
@@ -138,9 +141,12 @@ def load(path: Path) -> Checkpoint:
             optimizer[name.removeprefix("dict:")] = {}
         else:
             optimizer[name] = value
+    numbers = set(meta["optimizer_numbers"])
     for key, value in group("optim/").items():
         name, _, param = key.partition("/")
-        if param:
+        if key in numbers:
+            optimizer.setdefault(name, {})[param] = value.item()
+        elif param:
             optimizer.setdefault(name, {})[param] = value
         else:
             optimizer[name] = value
@@ -158,16 +164,28 @@ def load(path: Path) -> Checkpoint:
     )
 
 
+def check_params(saved: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], origin: str) -> None:
+    """Refuse, in one line naming the first difference, saved parameters of other names or shapes than the network's."""
+    for name in sorted(set(params) | set(saved)):
+        if name not in saved:
+            raise CheckpointError(f"parameter {name!r} of the network is missing from {origin}")
+        if name not in params:
+            raise CheckpointError(f"parameter {name!r} of {origin} is not in the network")
+        if saved[name].shape != params[name].shape:
+            raise CheckpointError(
+                f"parameter {name!r} has shape {saved[name].shape} in {origin}, {params[name].shape} in the network"
+            )
+
+
+def load_params(params: Mapping[str, np.ndarray], saved: Mapping[str, np.ndarray], origin: str) -> None:
+    """theta <- saved theta, in place, for every parameter; names and shapes must be the network's."""
+    check_params(saved, params, origin)
+    for name, value in saved.items():
+        params[name][...] = value
+
+
 def check_fits(checkpoint: Checkpoint, task: str, params: Mapping[str, np.ndarray], origin: str) -> None:
-    """Refuse, in one line naming the difference, a checkpoint of another task or other shapes."""
+    """Refuse, in one line naming the difference, a checkpoint of another task or other parameters."""
     if checkpoint.task != task:
         raise CheckpointError(f"the checkpoint {origin} is of task {checkpoint.task!r}, not {task!r}")
-    if set(checkpoint.params) != set(params):
-        missing = sorted(set(params) ^ set(checkpoint.params))
-        raise CheckpointError(f"the checkpoint {origin} has other parameters: {', '.join(missing)} differ")
-    for name, value in params.items():
-        if checkpoint.params[name].shape != value.shape:
-            raise CheckpointError(
-                f"the checkpoint {origin} has {name} of shape {checkpoint.params[name].shape}, "
-                f"the run needs {value.shape}"
-            )
+    check_params(checkpoint.params, params, f"the checkpoint {origin}")

@@ -27,7 +27,7 @@ from framework import checkpoint, plugins, seeding
 from framework.config import ConfigError
 from framework.config import build as build_config
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
-from framework.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, RunInfo, Task
+from framework.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
 from framework.registry import KINDS, Component
 from framework.settings import ObjectiveSettings, Settings
 
@@ -102,6 +102,7 @@ class Run:
     info: RunInfo
     settings: Settings
     task: Task
+    dataset: Dataset
     optimizer: Optimizer
     batches: Iterator[Batch]  # the dataset's stream of training batches
     streams: seeding.RandomStreams  # every random stream of the run, for checkpoints
@@ -159,14 +160,14 @@ def build(
         steps=settings.train.steps,
         run_name=settings.tracking.run_name,
         launch_dir=launch_dir or Path.cwd(),
-        output_dir=output_dir or Path.cwd(),
+        output_dir=output_dir,
         resume=settings.resume,
     )
     task = component("task", parts)
     info.objective, info.maximize = objective(settings.objective, task)
     probe(task, dataset, settings, chosen, rng)
     batches = dataset.batches(settings.train.batch_size, rng("batches"))
-    return Run(info, settings, task, component("optim"), batches, rng)
+    return Run(info, settings, task, dataset, component("optim"), batches, rng)
 
 
 def objective(settings: ObjectiveSettings, task: Task) -> tuple[str, bool]:
@@ -249,8 +250,10 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
 
 
 def save_checkpoint(run: Run, hook: Any) -> None:
-    """Write the run's checkpoint to ``<output dir>/checkpoints/last.npz`` and announce it."""
-    task_state = getattr(run.task, "checkpoint_state", dict)()
+    """Write the run's checkpoint to ``<output dir>/checkpoints/last.npz`` and announce it (no output dir: none)."""
+    if run.info.output_dir is None:
+        return
+    task_state = run.task.checkpoint_state() if isinstance(run.task, Resumable) else {}
     snapshot = checkpoint.Checkpoint(
         task=run.info.task,
         step=run.step,
@@ -280,8 +283,7 @@ def restore(run: Run, saved: checkpoint.Checkpoint, origin: str) -> None:
         run.streams.restore(saved.streams)
     except ValueError as error:
         raise checkpoint.CheckpointError(f"the checkpoint {origin} does not fit this run: {error}") from None
-    for name, value in saved.params.items():
-        params[name][...] = value
+    checkpoint.load_params(params, saved.params, origin)
     checkpoint.restore_optimizer(run.optimizer, saved.optimizer)
     if saved.task_state:
         run.task.restore_state(saved.task_state)

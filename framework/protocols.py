@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -167,6 +167,36 @@ class RunInfo:
     objective: str = "loss"  # the final metric returned to a sweeper
     maximize: bool = False  # its direction
     launch_dir: Path = field(default_factory=Path.cwd)  # where the user ran the command
-    output_dir: Path = field(default_factory=Path.cwd)  # the run's own folder (checkpoints/)
+    output_dir: Path | None = None  # the run's own folder, for checkpoints/ (None: none are written)
     resume: str | None = None  # the id of the tracked run this one continues
     links: dict[str, str] = field(default_factory=dict)  # observers may add (e.g. 'mlflow_run_id')
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A task whose trained network answers requests: the MLflow model ``model`` of its runs calls it.
+
+    Requests and answers are columns, name -> one value per row (as :attr:`Evaluation.tables`);
+    answer row i belongs to request row i. Tasks without ``predict`` log no model.
+    """
+
+    def example(self) -> dict[str, list]:
+        """A typical request: its columns are the model's inputs (the input example of the MLflow model)."""
+
+    def predict(self, request: Mapping[str, Sequence[Any]]) -> dict[str, list]:
+        """The answers to ``request``; a value the network cannot take raises ValueError, in one line."""
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A task whose own state steers training or its per-step metrics (a smoothed loss, early stopping).
+
+    Checkpoints save it and a resumed run restores it (framework.checkpoint);
+    tasks without these methods have no such state.
+    """
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The state as named arrays."""
+
+    def restore_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from a state returned by :meth:`checkpoint_state`."""

@@ -157,9 +157,8 @@ class AdderTask:
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
         """accuracy, bit_accuracy and error over the evaluation pairs in one forward pass; a few of them printed."""
-        y = sigmoid(self.model.outputs(self.pairs.inputs)[0][..., 0])  # (P, bits)
+        y, predicted = self.read(self.pairs.inputs)
         t = self.pairs.targets[..., 0]
-        predicted = (y > 0.5).astype(np.int64)
         bits_right = predicted == t
         right = bits_right.all(axis=1)
         error = np.abs(t - y).sum(axis=1)
@@ -178,6 +177,32 @@ class AdderTask:
             figures=figures,
             stop=self.config.stop_when_solved and metrics["accuracy"] == 1.0,
         )
+
+    def read(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """y_t = sigmoid(z_t) of every pair and bit (P, bits), and the bits it predicts: 1 where y_t > 0.5."""
+        y = sigmoid(self.model.outputs(inputs)[0][..., 0])
+        return y, (y > 0.5).astype(np.int64)
+
+    def example(self) -> dict[str, list]:
+        """A request: pairs (a, b) to add, the largest included."""
+        top = self.data.numbers - 1
+        return {"a": [3, 100 % self.data.numbers, top], "b": [4, 27 % self.data.numbers, top]}
+
+    def predict(self, request: Mapping[str, Sequence]) -> dict[str, list]:
+        """``sum`` = sum_k pred_k 2^k, the network's a + b, for the integers a, b in [0, 2^(bits-1))."""
+        pair = {name: np.asarray(request[name]) for name in ("a", "b")}
+        bits = self.data.bits
+        accepted = (
+            f"integers in [0, {self.data.numbers}): the network adds numbers of {bits - 1} bits (dataset.bits={bits})"
+        )
+        for name, values in pair.items():
+            if values.dtype.kind not in "iu":
+                raise ValueError(f"{name}: expected {accepted}, got {values.dtype} values")
+            outside = (values < 0) | (values >= self.data.numbers)
+            if outside.any():
+                raise ValueError(f"{name}={values[outside][0]}: expected {accepted}")
+        _, predicted = self.read(self.data.encode(pair["a"], pair["b"]).inputs)
+        return {"sum": from_bits(predicted).tolist()}
 
     def sums_table(self, shown: np.ndarray, predicted: np.ndarray, error: np.ndarray, right: np.ndarray) -> dict:
         """The ``shown`` pairs: a, b, a + b, the network's out = sum_k pred_k 2^k, the bits, the error, right or not."""

@@ -17,10 +17,12 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
+from framework import seeding
 from framework.config import ConfigError, param
 from framework.hookspecs import hookimpl
 from framework.nn.functions import log_softmax
@@ -31,6 +33,7 @@ from framework.protocols import Batch, Evaluation, Parts
 from framework.registry import Recipe
 
 NEWLINE = "\n"  # ends every name; symbol 0
+MAX_NAMES = 1000  # names a model writes for one request, at most
 SMOOTH_START_CHARS = 7  # the tutorial's smoothed loss starts at 7 characters of a uniform guess: 7 log 27 = 23.07
 
 
@@ -190,6 +193,14 @@ class CharLMTask:
         self.uniforms = parts.rng("sampling").random((config.samples, config.max_length))
         self.written = [Written(0, self.smooth_loss, self.write())]  # the random letters of the start
 
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The smoothed loss, which the next steps continue (see framework.checkpoint)."""
+        return {"smooth_loss": np.array(self.smooth_loss)}
+
+    def restore_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue the smoothed loss of a checkpoint."""
+        self.smooth_loss = float(state["smooth_loss"])
+
     def trace(self, loss: float) -> dict[str, float]:
         """The tutorial's printed loss: smooth <- 0.999 smooth + 0.001 loss."""
         self.smooth_loss = 0.999 * self.smooth_loss + 0.001 * loss
@@ -234,29 +245,53 @@ class CharLMTask:
         return float(np.sum(whole.mask * nll) / np.sum(whole.mask) / np.log(2.0))
 
     def write(self) -> list[str]:
+        """The names of an evaluation: ``samples`` names drawn with the same u every time (see :meth:`write_names`),
+        so that they change only because the model does (the tutorial reseeds every draw)."""
+        return self.write_names(self.uniforms, self.config.temperature)
+
+    def write_names(self, uniforms: np.ndarray, temperature: float) -> list[str]:
         """Names written character by character, all at once: from x_1 = 0 and the zero state, draw
         c_k ~ p_k (with temperature and top-k), feed x_{k+1} = onehot(c_k) back, until a newline or max_length.
 
         Draw k of name i picks the character where the cumulative p_k first exceeds u[i, k] (what
-        np.random.choice does). The tutorial reseeds every draw, so every evaluation reuses the same u:
-        the names change only because the model does.
+        np.random.choice does), with u = ``uniforms`` (names, max_length) of U[0, 1).
         """
         size = self.data.input_size
-        x = np.zeros((self.config.samples, 1, size), dtype=self.dtype)
-        symbols = np.zeros((self.config.samples, self.config.max_length), dtype=np.intp)
+        x = np.zeros((len(uniforms), 1, size), dtype=self.dtype)
+        symbols = np.zeros((len(uniforms), self.config.max_length), dtype=np.intp)
         state = None
         for k in range(self.config.max_length):
             z, state, _ = self.model.outputs(x, state)
-            cdf = np.cumsum(self.probabilities(z[:, 0]), axis=-1)
-            symbols[:, k] = np.minimum(np.sum(cdf <= self.uniforms[:, k : k + 1] * cdf[:, -1:], axis=-1), size - 1)
+            cdf = np.cumsum(self.probabilities(z[:, 0], temperature), axis=-1)
+            symbols[:, k] = np.minimum(np.sum(cdf <= uniforms[:, k : k + 1] * cdf[:, -1:], axis=-1), size - 1)
             if np.all(np.any(symbols[:, : k + 1] == 0, axis=-1)):
                 break
             x = one_hot(symbols[:, k : k + 1], size, self.dtype)
         return [self.data.decode(row) for row in symbols]
 
-    def probabilities(self, z: np.ndarray) -> np.ndarray:
-        """p = softmax(z / tau) over the k largest logits (all for top_k = 0), zero elsewhere."""
-        z = z / self.config.temperature
+    def example(self) -> dict[str, list]:
+        """A request: 3 names at temperature 1, drawn with seed 0."""
+        return {"n": [3], "temperature": [1.0], "seed": [0]}
+
+    def predict(self, request: Mapping[str, Sequence]) -> dict[str, list]:
+        """``names``: for each row, n names written at the temperature, their draws u from the stream
+        ``sampling`` of the seed (the same seed, the same names; n = samples and the run's seed and
+        temperature: the names of the run's last evaluation)."""
+        written = []
+        for n, temperature, seed in zip(request["n"], request["temperature"], request["seed"], strict=True):
+            if not (isinstance(n, Integral) and 1 <= n <= MAX_NAMES):
+                raise ValueError(f"n={n!r}: expected an integer from 1 to {MAX_NAMES}")
+            if not (isinstance(temperature, Real) and temperature > 0):
+                raise ValueError(f"temperature={temperature!r}: expected a number > 0")
+            if not (isinstance(seed, Integral) and seed >= 0):
+                raise ValueError(f"seed={seed!r}: expected an integer >= 0")
+            uniforms = seeding.rng(seed, "sampling").random((n, self.config.max_length))
+            written.append(self.write_names(uniforms, float(temperature)))
+        return {"names": written}
+
+    def probabilities(self, z: np.ndarray, temperature: float) -> np.ndarray:
+        """p = softmax(z / tau) over the k largest logits (all for top_k = 0), zero elsewhere; tau = ``temperature``."""
+        z = z / temperature
         k = self.config.top_k
         if 0 < k < z.shape[-1]:
             kth = np.partition(z, -k, axis=-1)[:, [-k]]  # the k-th largest logit

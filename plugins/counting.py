@@ -42,6 +42,11 @@ def make_bits(config: BitsConfig, rng: np.random.Generator, dtype: np.dtype) -> 
     return ArrayDataset(bits[..., None], bits.sum(axis=1, keepdims=True))
 
 
+def is_bits(text: str) -> bool:
+    """A non-empty string of 0s and 1s."""
+    return bool(text) and not set(text) - {"0", "1"}
+
+
 @dataclass
 class CountingConfig:
     """Count the ones with s_k = x_k w_x + s_{k-1} w_rec and y = s_n."""
@@ -52,7 +57,7 @@ class CountingConfig:
     grid: int = param(150, ge=10, doc="points per axis of the cost-surface figure")
 
     def __post_init__(self) -> None:
-        if not self.test_bits or set(self.test_bits) - {"0", "1"}:
+        if not is_bits(self.test_bits):
             raise ConfigError("test_bits", self.test_bits, "a non-empty string of 0s and 1s")
 
 
@@ -72,7 +77,7 @@ class CountingTask:
         if len(self.weights) == 2:
             self.weights["Wx"][...], self.weights["Wh"][...] = config.w_x, config.w_rec
         self.start = self.current_weights()
-        self.test_x = np.array([float(b) for b in config.test_bits], dtype=parts.dtype)[None, :, None]
+        self.dtype = parts.dtype
 
     def trace(self, loss: float) -> dict[str, float]:
         """The two weights after every update, so the path over the cost surface is recorded."""
@@ -88,7 +93,7 @@ class CountingTask:
         """The final weights, the loss on all sequences and the count of ``test_bits``."""
         whole = Batch(self.data.inputs, self.data.targets)
         loss, _ = self.model.loss(self.model.outputs(whole.inputs)[0], whole.targets)
-        test_output = float(self.model.outputs(self.test_x)[0][0, 0])
+        test_output = self.count(self.config.test_bits)
         ones = self.config.test_bits.count("1")
         metrics = {**self.current_weights(), "loss": loss, "test_output": test_output}
         sample = f"{' '.join(self.config.test_bits)} has {ones} ones; the model counts {test_output:.4f}\n"
@@ -97,6 +102,22 @@ class CountingTask:
             path = np.array([[self.start["w_x"], *history["w_x"]], [self.start["w_rec"], *history["w_rec"]]])
             figures = {"cost_surface": self.cost_surface_figure(path), "gradient_over_time": self.gradient_figure()}
         return Evaluation(metrics=metrics, samples={"test_output": sample}, figures=figures)
+
+    def count(self, bits: str) -> float:
+        """y = s_n of the model run over ``bits`` from s_0 = 0: the number of ones once w_x = w_rec = 1."""
+        x = np.array([float(b) for b in bits], dtype=self.dtype)[None, :, None]
+        return float(self.model.outputs(x)[0][0, 0])
+
+    def example(self) -> dict[str, list]:
+        """A request: bit strings to count (``test_bits`` and two others)."""
+        return {"bits": [self.config.test_bits, "0110", "1111111111"]}
+
+    def predict(self, request: Mapping[str, Sequence]) -> dict[str, list]:
+        """``count`` (float) of every string of ``bits`` (0s and 1s, any length)."""
+        for bits in request["bits"]:
+            if not isinstance(bits, str) or not is_bits(bits):
+                raise ValueError(f"bits={bits!r}: expected a non-empty string of 0s and 1s")
+        return {"count": [self.count(bits) for bits in request["bits"]]}
 
     # -- the tutorial's pictures ---------------------------------------------
 

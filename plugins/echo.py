@@ -135,19 +135,20 @@ def echo_accuracy(predictions: np.ndarray, targets: np.ndarray, echo_step: int) 
     return float(np.mean(predictions[:, echo_step:] == targets[:, echo_step:]))
 
 
+def bit_text(row: np.ndarray) -> str:
+    """Bits as text: [0, 1, 1] -> '011'."""
+    return "".join(str(int(b)) for b in row)
+
+
 def window_text(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarray, start: int) -> str:
     """Each row's input, target and predicted bits of one window, one line each."""
-
-    def bits(row: np.ndarray) -> str:
-        return "".join(str(int(b)) for b in row)
-
     lines = [f"window at steps {start}..{start + inputs.shape[1] - 1} of a fresh series"]
     for r in range(len(inputs)):
         right = int(np.sum(predictions[r] == targets[r]))
         lines += [
-            f"row {r + 1}  input      {bits(inputs[r])}",
-            f"       target     {bits(targets[r])}",
-            f"       prediction {bits(predictions[r])}   ({right}/{len(targets[r])} right)",
+            f"row {r + 1}  input      {bit_text(inputs[r])}",
+            f"       target     {bit_text(targets[r])}",
+            f"       prediction {bit_text(predictions[r])}   ({right}/{len(targets[r])} right)",
         ]
     return "\n".join(lines) + "\n"
 
@@ -186,16 +187,39 @@ class EchoTask:
         readout = Dense(config.state_size, CLASSES, True, READOUT_INIT, parts.rng("readout"), parts.dtype)
         self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
         self.eval_rng = parts.rng("eval")
-        self.config = config
+        self.config, self.dtype = config, parts.dtype
         self.accuracies: list[float] = []  # one per evaluation
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The accuracy of every evaluation so far: early stopping looks at the last ones."""
+        return {"accuracies": np.array(self.accuracies, dtype=np.float64)}
+
+    def restore_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from a checkpoint's accuracies."""
+        self.accuracies = [float(a) for a in state["accuracies"]]
 
     def trace(self, loss: float) -> dict[str, float]:
         return {}
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        """argmax_k p_t[k] for every step of every row, from the zero state."""
+    def echoes(self, inputs: np.ndarray) -> np.ndarray:
+        """argmax_k p_t[k] for every step of every row, from the zero state: the bits echoed."""
         logits, _, _ = self.model.outputs(inputs)
         return logits.argmax(axis=-1)
+
+    def example(self) -> dict[str, list]:
+        """A request: bit strings to echo."""
+        return {"bits": ["0110100111", "1000000001"]}
+
+    def predict(self, request: Mapping[str, Sequence]) -> dict[str, list]:
+        """``echo``: the bits the network echoes for each string of ``bits``, one per bit. Bit t echoes input
+        bit t - echo_step, so the first echo_step bits are the network's guess of what came before (nothing)."""
+        echoes = []
+        for bits in request["bits"]:
+            if not isinstance(bits, str) or not bits or set(bits) - {"0", "1"}:
+                raise ValueError(f"bits={bits!r}: expected a non-empty string of 0s and 1s")
+            x = np.array([float(b) for b in bits], dtype=self.dtype)[None, :, None]
+            echoes.append(bit_text(self.echoes(x)[0]))
+        return {"echo": echoes}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
         """``accuracy`` on a fresh series of the tutorial's 5 rows; its last window as text (and figures at the end).
@@ -203,7 +227,7 @@ class EchoTask:
         Asks to stop once the echo is learnt (see :func:`learnt`).
         """
         inputs, targets = self.data.series(ROWS, self.eval_rng)
-        predictions = self.predict(inputs)
+        predictions = self.echoes(inputs)
         window = self.data.config.window
         start = inputs.shape[1] // window * window - window  # the last whole window of the rows
         steps = slice(start, start + window)

@@ -215,6 +215,15 @@ class Seq2SeqTask:
         self.dtype = parts.dtype
         self.solved_step: int | None = None  # the first evaluation at which every pair was right
 
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The step at which every pair was first right (-1: not yet)."""
+        return {"solved_step": np.array(-1 if self.solved_step is None else self.solved_step)}
+
+    def restore_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from a checkpoint's solved step."""
+        solved = int(state["solved_step"])
+        self.solved_step = None if solved < 0 else solved
+
     def trace(self, loss: float) -> dict[str, float]:
         """Nothing beyond the engine's loss: translating is evaluation work."""
         return {}
@@ -233,6 +242,17 @@ class Seq2SeqTask:
         """The most likely symbol at every decoder step, read as a word (see :func:`read_output`)."""
         best = self.probabilities(words).argmax(axis=-1)
         return [read_output("".join(ALPHABET[k] for k in row)) for row in best]
+
+    def example(self) -> dict[str, list]:
+        """A request: the first training words and the unseen ones."""
+        return {"word": [source for source, _ in self.data.pairs[:3]] + self.unseen}
+
+    def predict(self, request: Mapping[str, Sequence]) -> dict[str, list]:
+        """``translation`` of every ``word`` (a-z, at most n_step letters), as the samples translate them."""
+        for word in request["word"]:
+            if not (isinstance(word, str) and is_word(word) and len(word) <= self.data.n_step):
+                raise ValueError(f"word={word!r}: expected a word of 1 to {self.data.n_step} letters a-z (n_step)")
+        return {"translation": self.translate(request["word"])}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
         """accuracy over the training pairs; the translations of the training and unseen words."""

@@ -377,3 +377,28 @@ def test_an_evaluation_can_stop_training_early(pm, add_plugin, compose):
     assert evaluations == [(2, False), (4, True)]  # asked to stop at 4: the final evaluation reports step 4
     assert [e[1] for e in recorder.events if e[0] == "metrics"] == [0, 1, 2, 3]
     assert recorder.events[-1] == ("ended", "FINISHED", None)
+
+
+class TrainedRecorder(Recorder):
+    """A recorder that also writes down the final metrics and the weights it is handed once trained."""
+
+    @hookimpl
+    def framework_evaluation(self, run, step, evaluation, final):
+        self.events.append(("evaluation", step, final, dict(evaluation.metrics)))
+
+    @hookimpl
+    def framework_trained(self, run, task, step):
+        self.events.append(("trained", step, task.current_weights()))
+
+
+def test_hook_framework_trained(pm, add_plugin, compose):
+    recorder, _ = run_recorded(pm, add_plugin, compose, "train.steps=4", recorder=TrainedRecorder())
+    evaluation, trained, ended = recorder.events[-3:]
+    assert [e[0] for e in recorder.events].count("trained") == 1
+    assert trained[:2] == ("trained", 4) and ended == ("ended", "FINISHED", None)  # after training, before the end
+    assert trained[2] == {k: evaluation[3][k] for k in ("w_x", "w_rec")}  # the trained weights, as last evaluated
+
+    failed = add_plugin(TrainedRecorder(), "failed")
+    with pytest.raises(engine.DivergenceError):
+        engine.execute(compose("tracking.enabled=false", "optim=sgd", "optim.lr=1e-6"), pm=pm)
+    assert "trained" not in [e[0] for e in failed.events] and failed.events[-1][1] == "FAILED"

@@ -1,0 +1,244 @@
+"""Checkpoints and resume: the file format, refusals in one line, and bit-for-bit continuation."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import clean_env, one_line, runs_of
+
+from framework import checkpoint, engine, plugins
+from framework.hookspecs import hookimpl
+
+# -- the file --------------------------------------------------------------------
+
+
+def sample(state) -> checkpoint.Checkpoint:
+    rng = np.random.default_rng(0)
+    return checkpoint.Checkpoint(
+        task="adder",
+        step=7,
+        params={"cell.W": rng.normal(size=(3, 4)), "readout.b": rng.normal(size=2)},
+        optimizer={"t": 7, "prev_loss": None, "m": {"cell.W": rng.normal(size=(3, 4))}, "empty": {}},
+        state=state,
+        history={"loss": np.arange(7.0)},
+        streams=[("init", np.random.default_rng(1).bit_generator.state)],
+        task_state={"accuracies": np.array([0.5, 0.75])},
+    )
+
+
+@pytest.mark.parametrize("state", [None, np.ones((2, 4)), (np.ones((2, 4)), np.zeros((2, 4)))])
+def test_save_then_load_gives_back_everything(tmp_path, state):
+    saved = sample(state)
+    path = checkpoint.save(tmp_path / "checkpoints" / "last.npz", saved)
+    assert [p.name for p in path.parent.iterdir()] == ["last.npz"]  # written, then renamed: no .tmp left
+    loaded = checkpoint.load(path)
+    assert (loaded.task, loaded.step, loaded.streams) == (saved.task, saved.step, saved.streams)
+    for name, value in saved.params.items():
+        assert np.array_equal(loaded.params[name], value)
+    assert loaded.optimizer["t"] == 7 and loaded.optimizer["prev_loss"] is None and loaded.optimizer["empty"] == {}
+    assert np.array_equal(loaded.optimizer["m"]["cell.W"], saved.optimizer["m"]["cell.W"])
+    if state is None:
+        assert loaded.state is None
+    elif isinstance(state, tuple):
+        assert isinstance(loaded.state, tuple) and all(map(np.array_equal, loaded.state, state))
+    else:
+        assert np.array_equal(loaded.state, state)
+    assert np.array_equal(loaded.task_state["accuracies"], [0.5, 0.75])
+
+
+def test_missing_truncated_and_foreign_files_are_refused_in_one_line(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+        checkpoint.load(tmp_path / "nothing.npz")
+    path = checkpoint.save(tmp_path / "last.npz", sample(None))
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged") as error:
+        checkpoint.load(tmp_path / "cut.npz")
+    assert "\n" not in str(error.value)
+    np.savez(tmp_path / "pickled.npz", meta=np.array([{"a": 1}], dtype=object))  # an object array needs pickle
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged"):
+        checkpoint.load(tmp_path / "pickled.npz")
+    np.savez(tmp_path / "other.npz", meta=np.array('{"format": "something-else"}'))
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this framework"):
+        checkpoint.load(tmp_path / "other.npz")
+
+
+def test_a_checkpoint_of_another_task_or_shape_does_not_fit(tmp_path):
+    saved = checkpoint.load(checkpoint.save(tmp_path / "last.npz", sample(None)))
+    params = {name: np.zeros_like(value) for name, value in saved.params.items()}
+    checkpoint.check_fits(saved, "adder", params, "here")
+    with pytest.raises(checkpoint.CheckpointError, match="is of task 'adder', not 'echo'"):
+        checkpoint.check_fits(saved, "echo", params, "here")
+    shape = r"'cell.W' has shape \(3, 4\) in the checkpoint here, \(3, 5\)"
+    with pytest.raises(checkpoint.CheckpointError, match=shape):
+        checkpoint.check_fits(saved, "adder", {**params, "cell.W": np.zeros((3, 5))}, "here")
+    with pytest.raises(checkpoint.CheckpointError, match=r"'cell\.U' of the network is missing from the checkpoint"):
+        checkpoint.check_fits(saved, "adder", {**params, "cell.U": np.zeros(1)}, "here")
+
+
+def test_an_optimizer_with_state_of_another_kind_cannot_be_checkpointed():
+    class Odd:
+        def __init__(self) -> None:
+            self.config, self.memory = None, ["a", "list"]
+
+    with pytest.raises(checkpoint.CheckpointError, match="attribute 'memory' is a list"):
+        checkpoint.optimizer_state(Odd())
+
+
+# -- resume in the engine: every optimizer, cells with carried state, tasks with their own state ----------
+
+
+class StopAt:
+    """Ctrl-C at the step boundary after ``step`` updates, as StepBoundaryInterrupt raises it."""
+
+    def __init__(self, run: engine.Run, step: int) -> None:
+        self.run, self.step = run, step
+
+    def check(self) -> None:
+        if self.run.step == self.step:
+            raise engine.Interrupted
+
+
+CASES = {
+    "counting, rprop plain": (["task=counting", "train.steps=60"], 25),
+    "counting, irprop+": (["task=counting", "optim.variant=irprop+", "train.steps=60"], 31),
+    "adder, sgd with momentum": (["task=adder", "optim.momentum=0.9", "train.steps=300"], 120),
+    "adder, adam": (["task=adder", "optim=adam", "train.steps=200"], 99),
+    "echo, lstm, carried state": (["task=echo", "cell=lstm", "dataset.total_length=3000"], 130),
+    "echo, stopping early": (["task=echo"], 1400),  # learnt by epoch 3 or so, stops 2 epochs (666 steps) on
+    "charlm, gru, rmsprop": (["task=charlm", "cell=gru", "optim=rmsprop", "train.steps=150"], 61),
+    "seq2seq": (["task=seq2seq", "train.steps=60"], 17),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resumed_training_ends_bit_for_bit_like_uninterrupted(compose, tmp_path, case):
+    overrides, stop = CASES[case]
+    cfg = compose(*overrides, "tracking.enabled=false")
+    pm = plugins.manager()
+
+    whole = engine.build(cfg, pm, output_dir=tmp_path / "whole")
+    final = engine.train(whole, pm.hook)
+    assert stop < whole.step
+    if "early" in case:
+        assert whole.step < whole.settings.train.steps, "the task did not stop early"
+
+    cut = engine.build(cfg, pm, output_dir=tmp_path / "cut")
+    with pytest.raises(engine.Interrupted):
+        engine.train(cut, pm.hook, StopAt(cut, stop))
+    engine.save_checkpoint(cut, pm.hook)
+    resumed = engine.build(cfg, pm, output_dir=tmp_path / "resumed")
+    engine.restore(resumed, checkpoint.load(tmp_path / "cut" / "checkpoints" / "last.npz"), "cut")
+    assert resumed.step == stop
+    resumed_final = engine.train(resumed, pm.hook)
+
+    assert resumed.step == whole.step
+    for name, value in whole.task.model.params.items():
+        assert np.array_equal(resumed.task.model.params[name], value), name
+    assert resumed.history.values == whole.history.values
+    assert resumed_final.metrics == final.metrics
+
+
+def test_hook_framework_checkpoint(compose, tmp_path):
+    pm = plugins.manager()
+    seen = []
+
+    class Watcher:
+        @hookimpl
+        def framework_checkpoint(self, run, step, path):
+            seen.append((step, checkpoint.load(path).step))
+
+    pm.register(Watcher(), name="watcher")
+    try:
+        run = engine.build(compose("train.steps=25", "train.checkpoint_every=10", "tracking.enabled=false"), pm,
+                           output_dir=tmp_path)  # fmt: skip
+        engine.train(run, pm.hook)
+    finally:
+        pm.unregister(name="watcher")
+    assert seen == [(10, 10), (20, 20), (25, 25)]  # every 10 steps, and at the end
+
+
+# -- resume through the CLI, with a real interruption ------------------------------------------------------
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "framework", *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def interrupt_once_training(process: subprocess.Popen, sig: int, output: Path, after: float) -> tuple[str, str]:
+    """Send ``sig`` ``after`` seconds past the first checkpoint of the run whose output folder is ``output``."""
+    deadline = time.monotonic() + 120
+    while not (output / "checkpoints" / "last.npz").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    time.sleep(after)
+    process.send_signal(sig)
+    return process.communicate(timeout=120)
+
+
+def final_params(client, run_id: str, into: Path) -> dict[str, np.ndarray]:
+    path = client.download_artifacts(run_id, "checkpoints/last.npz", str(into))
+    return checkpoint.load(Path(path)).params
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cli, default_store, tmp_path, sig):
+    args = ("task=adder", "train.steps=6000", "train.checkpoint_every=500", "model.log=false")
+    whole = start(tmp_path, *args, "tracking.run_name=whole")
+    cut = start(tmp_path, *args, "tracking.run_name=cut", "hydra.run.dir=outputs/cut")
+    _out, err = interrupt_once_training(cut, sig, tmp_path / "outputs" / "cut", after=0.5)
+    assert whole.wait(timeout=300) == 0, whole.communicate()
+    runs = {r.info.run_name: r for r in runs_of(default_store, "adder")}
+    killed = runs["cut"]
+    if sig == signal.SIGINT:
+        assert cut.returncode == 130
+        assert one_line(err) == "framework: error: interrupted; the run is recorded as KILLED"
+        assert killed.info.status == "KILLED"
+    else:
+        assert cut.returncode == -signal.SIGKILL
+        assert killed.info.status == "RUNNING"  # nobody could record its end
+
+    result = cli(f"resume={killed.info.run_id}")
+    assert result.returncode == 0, result.stderr
+    resumed = default_store.get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    steps = sorted({m.step for m in default_store.get_metric_history(killed.info.run_id, "grad_norm")})
+    assert steps == list(range(6000))  # the metrics continue at the right step numbers
+    expected = final_params(default_store, runs["whole"].info.run_id, tmp_path / "whole")
+    got = final_params(default_store, killed.info.run_id, tmp_path / "resumed")
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert np.array_equal(got[name], value), name
+
+
+def test_resume_refusals_are_one_line(cli, default_store):
+    result = cli("task=adder", "train.steps=20", "model.log=false")
+    assert result.returncode == 0, result.stderr
+    (finished,) = runs_of(default_store, "adder")
+    run_id = finished.info.run_id
+
+    result = cli(f"resume={run_id}")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == f"framework: error: resume={run_id}: the run FINISHED; there is nothing to resume"
+
+    result = cli("resume=0123456789abcdef0123456789abcdef")
+    assert result.returncode == 1
+    assert "resume=0123456789abcdef0123456789abcdef: no such run in sqlite:///" in one_line(result.stderr)
+
+    result = cli(f"resume={run_id}", "train.steps=50")
+    assert result.returncode == 2
+    assert "the run continues with its own config (remove train.steps=50)" in one_line(result.stderr)
