@@ -75,9 +75,7 @@ def test_same_seed_same_run(compose):
     first, second = build(compose, "seed=3"), build(compose, "seed=3")
     for name, array in first.task.model.params.items():
         assert np.array_equal(array, second.task.model.params[name])
-    assert np.array_equal(
-        next(first.dataset.batches(1, first.batch_rng)).inputs, next(second.dataset.batches(1, second.batch_rng)).inputs
-    )
+    assert np.array_equal(next(first.batches).inputs, next(second.batches).inputs)
 
 
 # -- the model and the tutorial's update ----------------------------------------

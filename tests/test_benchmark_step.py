@@ -1,0 +1,51 @@
+"""Smoke test of benchmarks/step.py: the quick run prints a row of numbers for every configuration and the plot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
+NUMBER = r"\d+(?:\.\d+)?"
+CONFIGS = [
+    "adder B=1",
+    "adder B=32",
+    "charlm B=1",
+    "charlm B=32",
+    "echo B=5",
+    "large rnn",
+    "large lstm",
+    "large gru",
+    "hidden=8",
+    "hidden=32",
+    "length=5",
+    "length=20",
+]
+
+
+def test_quick_run_prints_every_configuration_and_the_plot(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    plot = tmp_path / "s.png"
+    command = [sys.executable, str(SCRIPT), "--quick", "--plot", str(plot)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "cores (os.cpu_count())" in out
+    assert re.search(rf"matmul peak float32: numpy {NUMBER} GFLOP/s", out), out
+    for config in CONFIGS:
+        for dtype in ("float32", "float64"):
+            # name | cell | I-H-K | T | B | dtype | MFLOP | 3 x steps/s | 2 ratios | 3 x GFLOP/s (% peak) | rounds
+            pattern = (
+                rf"^\| {re.escape(config)} \| (rnn|lstm|gru) \| \d+-\d+-\d+ \| \d+ \| \d+ \| {dtype} \| {NUMBER}"
+                rf"( \| {NUMBER}){{5}}( \| {NUMBER} \({NUMBER}%\)){{3}} \| \d+ \|$"
+            )
+            assert re.search(pattern, out, re.MULTILINE), f"no row for {config} {dtype}:\n{out}"
+    for dtype in ("float32", "float64"):
+        overhead = rf"^\| large rnn \| {dtype}( \| {NUMBER}){{5}} \| {NUMBER}% \| [0-9.e+-]+ \| \d+ \|$"
+        assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {dtype}:\n{out}"
+    assert plot.is_file() and plot.stat().st_size > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
