@@ -27,9 +27,11 @@ torch.nn.RNN has only tanh and relu. Finally "engine overhead" times our engine'
 bare numpy loop of the same math (tanh RNN, readout, summed softmax cross-entropy, BPTT, norm
 clipping, SGD) written inline here, on the large tanh RNN.
 
-    python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH]
+    python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH] [--peak-size N]
 
-``--quick``: tiny sizes and few repeats (the smoke test's).
+``--quick``: tiny sizes and few repeats (the smoke test's, about 10 s). The defaults: both dtypes, 1 thread
+(the framework's own ``threads`` default), the plot in benchmarks/results/scaling.png; a full run takes
+about 3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -121,10 +123,9 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> str:
 
     blas = []
     for pool in threadpool_info():
-        name = pool.get("internal_api", "?")
-        version = pool.get("version") or ""
-        arch = pool.get("architecture") or ""
-        blas.append(f"{name} {version} {arch} ({Path(pool.get('filepath', '')).name})".replace("  ", " "))
+        parts = (pool.get("internal_api"), pool.get("version"), pool.get("architecture"))
+        library = Path(pool.get("filepath", "")).name
+        blas.append(f"{' '.join(p for p in parts if p)} ({library}, {pool.get('num_threads')} threads by default)")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         f"# Training-step benchmark: ours (numpy) vs PyTorch CPU ({'quick' if args.quick else 'full'})",
