@@ -110,13 +110,16 @@ class ElmanCell:
         x, h0, h = cache
         Wx, Wh = self.params["Wx"], self.params["Wh"]
         batch, steps, hidden = h.shape
+        slope = self.f_prime(h)  # f'(z_t) of every step at once
         dz = np.empty_like(h)
         dh_steps = np.empty_like(h)
         dh_next = np.zeros_like(h0) if d_state is None else d_state
-        for t in reversed(range(steps)):
-            dh = dh_steps[:, t] = d_outputs[:, t] + dh_next  # total dL/dh_t
-            dz[:, t] = dh * self.f_prime(h[:, t])
-            dh_next = dz[:, t] @ Wh.T
+        Wh_T = Wh.T
+        for t in range(steps - 1, -1, -1):
+            dh, dz_t = dh_steps[:, t], dz[:, t]
+            np.add(d_outputs[:, t], dh_next, out=dh)  # total dL/dh_t
+            np.multiply(dh, slope[:, t], out=dz_t)
+            dh_next = dz_t @ Wh_T
         h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
         dz_flat = dz.reshape(-1, hidden)
         grads = {
@@ -187,22 +190,27 @@ class LSTMCell:
         x, (h0, c0), gates, c, tanh_c, h = cache
         Wx, Wh = self.params["Wx"], self.params["Wh"]
         batch, steps, H = h.shape
+        i, f, g, o = (gates[..., k * H : (k + 1) * H] for k in range(4))
+        c_prev = np.concatenate([c0[:, None], c[:, :-1]], axis=1)
+        # the factors of the gate gradients that do not depend on dc_t or dh_t, for every step at once
+        by_dc = np.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g)], axis=2)  # (B, T, 3, H)
+        o_by_dh = tanh_c * o * (1.0 - o)
+        dc_by_dh = o * (1.0 - tanh_c * tanh_c)
         da = np.empty_like(gates)  # dL/da_t, the gate pre-activations
+        da_blocks = da.reshape(batch, steps, 4, H)
         dh_steps = np.empty_like(h)
         dc_steps = np.empty_like(h)
         dh_next, dc_next = (np.zeros_like(h0), np.zeros_like(c0)) if d_state is None else d_state
-        for t in reversed(range(steps)):
-            i, f, g, o = (gates[:, t, k * H : (k + 1) * H] for k in range(4))
-            c_prev = c[:, t - 1] if t else c0
-            dh = dh_steps[:, t] = d_outputs[:, t] + dh_next
-            dc = dc_steps[:, t] = dc_next + dh * o * (1.0 - tanh_c[:, t] ** 2)
-            da_t = da[:, t]
-            da_t[:, :H] = dc * g * i * (1.0 - i)
-            da_t[:, H : 2 * H] = dc * c_prev * f * (1.0 - f)
-            da_t[:, 2 * H : 3 * H] = dc * i * (1.0 - g * g)
-            da_t[:, 3 * H :] = dh * tanh_c[:, t] * o * (1.0 - o)
-            dc_next = dc * f
-            dh_next = da_t @ Wh.T
+        Wh_T = Wh.T
+        for t in range(steps - 1, -1, -1):
+            dh, dc = dh_steps[:, t], dc_steps[:, t]
+            np.add(d_outputs[:, t], dh_next, out=dh)
+            np.multiply(dh, dc_by_dh[:, t], out=dc)
+            dc += dc_next
+            np.multiply(dc[:, None], by_dc[:, t], out=da_blocks[:, t, :3])  # da_i, da_f, da_g
+            np.multiply(dh, o_by_dh[:, t], out=da_blocks[:, t, 3])  # da_o
+            dc_next = dc * f[:, t]
+            dh_next = da[:, t] @ Wh_T
         h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
         da_flat = da.reshape(-1, 4 * H)
         grads = {
@@ -268,23 +276,27 @@ class GRUCell:
         x, h0, gates, v_n, h = cache
         Wx, Wh = self.params["Wx"], self.params["Wh"]
         batch, steps, H = h.shape
+        r, z, n = (gates[..., k * H : (k + 1) * H] for k in range(3))
+        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
+        # the factors that do not depend on dh_t, for every step at once
+        du_by_dh = (1.0 - z) * (1.0 - n * n)
+        dvr_by_du = v_n * r * (1.0 - r)
+        dvz_by_dh = (h_prev - n) * z * (1.0 - z)
         dv = np.empty_like(gates)  # dL/dv_t, the hidden projections
         du_n = np.empty_like(h)  # dL/du_n; du_r = dv_r and du_z = dv_z
         dh_steps = np.empty_like(h)
         dh_next = np.zeros_like(h0) if d_state is None else d_state
-        for t in reversed(range(steps)):
-            r, z, n = (gates[:, t, k * H : (k + 1) * H] for k in range(3))
-            h_prev = h[:, t - 1] if t else h0
-            dh = dh_steps[:, t] = d_outputs[:, t] + dh_next
-            du = du_n[:, t] = dh * (1.0 - z) * (1.0 - n * n)
-            dv_t = dv[:, t]
-            dv_t[:, :H] = du * v_n[:, t] * r * (1.0 - r)
-            dv_t[:, H : 2 * H] = dh * (h_prev - n) * z * (1.0 - z)
-            dv_t[:, 2 * H :] = du * r
-            dh_next = dh * z + dv_t @ Wh.T
+        Wh_T = Wh.T
+        for t in range(steps - 1, -1, -1):
+            dh, du, dv_t = dh_steps[:, t], du_n[:, t], dv[:, t]
+            np.add(d_outputs[:, t], dh_next, out=dh)
+            np.multiply(dh, du_by_dh[:, t], out=du)
+            np.multiply(du, dvr_by_du[:, t], out=dv_t[:, :H])
+            np.multiply(dh, dvz_by_dh[:, t], out=dv_t[:, H : 2 * H])
+            np.multiply(du, r[:, t], out=dv_t[:, 2 * H :])
+            dh_next = dh * z[:, t] + dv_t @ Wh_T
         du_all = np.concatenate([dv[..., : 2 * H], du_n], axis=-1)  # dL/du_t: (B, T, 3H)
         du_flat, dv_flat = du_all.reshape(-1, 3 * H), dv.reshape(-1, 3 * H)
-        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
         grads = {
             "Wx": x.reshape(batch * steps, -1).T @ du_flat,
             "Wh": h_prev.reshape(-1, H).T @ dv_flat,
