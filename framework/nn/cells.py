@@ -174,13 +174,16 @@ class LSTMCell:
         for t in range(x.shape[1]):
             a = gates[:, t]
             a += h_prev @ Wh
-            a[:, : 2 * H] = sigmoid(a[:, : 2 * H])  # i, f
-            a[:, 2 * H : 3 * H] = np.tanh(a[:, 2 * H : 3 * H])  # g
-            a[:, 3 * H :] = sigmoid(a[:, 3 * H :])  # o
             i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            c_prev = c[:, t] = f * c_prev + i * g
-            tanh_c[:, t] = np.tanh(c_prev)
-            h_prev = h[:, t] = o * tanh_c[:, t]
+            g *= 2.0
+            sigmoid(a, out=a)  # i, f, o; and g = tanh(a_g) = 2 sigmoid(2 a_g) - 1, below: one call for all four
+            g *= 2.0
+            g -= 1.0
+            c_t, tanh_t = c[:, t], tanh_c[:, t]
+            np.multiply(f, c_prev, out=c_t)
+            c_t += i * g
+            np.tanh(c_t, out=tanh_t)
+            c_prev, h_prev = c_t, np.multiply(o, tanh_t, out=h[:, t])
         return h, (h_prev, c_prev), (x, state, gates, c, tanh_c, h)
 
     def backward(

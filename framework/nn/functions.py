@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-z)), computed as (1 + tanh(z / 2)) / 2: no overflow, keeps the dtype."""
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+def sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + exp(-z)), computed as (1 + tanh(z / 2)) / 2: no overflow, keeps the dtype; into ``out`` if given."""
+    out = np.multiply(z, 0.5, out=out)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return out
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
