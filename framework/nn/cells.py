@@ -56,12 +56,12 @@ from framework.nn.functions import sigmoid
 from framework.nn.init import InitConfig, init_weights
 from framework.protocols import CellGradients
 
-# activation f and its derivative written in terms of the output h = f(z)
-ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    "identity": (lambda z: z, np.ones_like),
-    "tanh": (np.tanh, lambda h: 1.0 - h * h),
-    "sigmoid": (sigmoid, lambda h: h * (1.0 - h)),
-    "relu": (lambda z: np.maximum(z, 0.0), lambda h: (h > 0).astype(h.dtype)),
+# activation f, written into ``out``, and its derivative written in terms of the output h = f(z)
+ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], object], Callable[[np.ndarray], np.ndarray]]] = {
+    "identity": (lambda z, out: np.copyto(out, z), np.ones_like),
+    "tanh": (lambda z, out: np.tanh(z, out=out), lambda h: 1.0 - h * h),
+    "sigmoid": (lambda z, out: sigmoid(z, out=out), lambda h: h * (1.0 - h)),
+    "relu": (lambda z, out: np.maximum(z, 0.0, out=out), lambda h: (h > 0).astype(h.dtype)),
 }
 
 
@@ -102,7 +102,8 @@ class ElmanCell:
         for t in range(x.shape[1]):
             z_t = z[:, t]
             z_t += h_prev @ Wh
-            h_prev = h[:, t] = self.f(z_t)
+            h_prev = h[:, t]
+            self.f(z_t, h_prev)
         return h, h_prev, (x, state, h)
 
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:

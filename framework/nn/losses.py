@@ -114,11 +114,12 @@ class SoftmaxCrossEntropy:
             t = np.where(np.asarray(mask) != 0, t, 0)  # padding may carry any target
         if t.size and (t.min() < 0 or t.max() >= classes):
             raise ValueError(f"softmax_cross_entropy: target indices must be in [0, {classes})")
-        log_p = log_softmax(outputs)
-        index = t[..., None]
+        log_p = log_softmax(outputs.reshape(-1, classes))  # one row per position
+        rows, cols = np.arange(log_p.shape[0]), t.reshape(-1)
         grads = np.exp(log_p)
-        np.put_along_axis(grads, index, np.take_along_axis(grads, index, axis=-1) - 1.0, axis=-1)
-        return reduce(-np.take_along_axis(log_p, index, axis=-1)[..., 0], grads, mask, self.reduction)
+        grads[rows, cols] -= 1.0
+        losses = -log_p[rows, cols].reshape(t.shape)
+        return reduce(losses, grads.reshape(outputs.shape), mask, self.reduction)
 
     def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Class indices drawn uniformly from [0, K), of shape outputs.shape[:-1]."""
