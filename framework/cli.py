@@ -7,6 +7,7 @@ User mistakes end with one line on standard error and a non-zero exit code:
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -92,4 +93,8 @@ def main() -> None:
 
         print(reference(pm.registry, own_plugins()), end="")
         return
-    run()
+    try:
+        run()
+    finally:
+        # the interpreter's last collections would walk every object of MLflow's ~2000 modules (~0.4 s)
+        gc.freeze()

@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import re
 import shlex
 import socket
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +44,7 @@ DATABASE = "mlflow.db"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+SQLITE_SCHEMA = "dc11669786a5"  # the schema revision of MLflow 3.17's SQL store, whose metric tables we write
 
 CHECKPOINT = "checkpoints/last.npz"  # a run's last checkpoint, as an artifact
 SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.sweep)
@@ -188,6 +192,48 @@ def pages(search: Callable[..., Any]) -> Iterator[Any]:
             return
 
 
+def schema_revision(database: Path) -> str | None:
+    """The MLflow schema revision (alembic) of an embedded store, None if it cannot be read."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            (revision,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except (sqlite3.Error, TypeError, ValueError):
+        return None
+    return revision
+
+
+def write_metrics(database: Path, run_id: str, entries: Sequence[tuple[str, float, int, int]]) -> None:
+    """Insert (key, value, timestamp ms, step) metrics of a run into an embedded store, as MLflow's log_batch does.
+
+    The rows MLflow's SQL store writes: every value into ``metrics`` (NaN as 0 with is_nan, +-inf as
+    +-float max; an exact duplicate ignored), and per key into ``latest_metrics`` the one with the
+    largest (step, timestamp, value). One executemany per table: about 1 us per value where
+    log_batch takes about 70 us. Only for a store at :data:`SQLITE_SCHEMA`, MLflow 3.17's schema.
+    """
+    rows, latest = [], {}
+    for key, value, timestamp, step in entries:
+        is_nan = math.isnan(value)
+        stored = 0.0 if is_nan else max(min(value, sys.float_info.max), -sys.float_info.max)
+        row = (key, stored, timestamp, run_id, step, int(is_nan))
+        rows.append(row)
+        best = latest.get(key)
+        if best is None or (step, timestamp, stored) > (best[4], best[2], best[1]):
+            latest[key] = row
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as db, db:
+        db.executemany(
+            "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        db.executemany(
+            "INSERT INTO latest_metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, "
+            "step = excluded.step, is_nan = excluded.is_nan "
+            "WHERE (excluded.step, excluded.timestamp, excluded.value) "
+            "> (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+            list(latest.values()),
+        )
+
+
 def sweep_parent(client: Any, experiment_id: str, sweep_id: str) -> str | None:
     """The id of the parent run that sweep ``sweep_id`` opened in this experiment, if any."""
     found = client.search_runs(
@@ -234,6 +280,7 @@ class MlflowTracker:
         self.client: Any = None
         self.run_id: str | None = None
         self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
+        self.fast_store: Path | None = None  # an embedded store whose metric tables flush() writes directly
         self.flush_every = 1000
 
     # -- run events ---------------------------------------------------------
@@ -306,21 +353,28 @@ class MlflowTracker:
                 f"could not record the end ({status}) of run {run_id}: {one_line(failure)}"
             ) from failure
         finally:
-            self.client, self.run_id, self.buffer = None, None, []
+            self.client, self.run_id, self.buffer, self.fast_store = None, None, [], None
 
     # -- helpers ------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the buffered (key, value, timestamp, step) metrics, at most 1000 a call."""
+        """Write the buffered (key, value, timestamp, step) metrics: straight into an embedded store of
+        MLflow 3.17's schema (:func:`write_metrics`), else through log_batch, at most 1000 a call."""
+        buffer, self.buffer = self.buffer, []
+        if self.fast_store is not None:
+            write_metrics(self.fast_store, self.run_id, buffer)
+            return
         from mlflow.entities import Metric
 
-        buffer, self.buffer = [Metric(*entry) for entry in self.buffer], []
-        for batch in chunks(buffer, METRICS_PER_BATCH):
+        for batch in chunks([Metric(*entry) for entry in buffer], METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
     def _start(self, run: RunInfo, uri: str) -> None:
         """Create the run in ``uri`` and log its params, config, overrides and tags; or reopen a resumed run."""
         client, experiment_id = connect(uri, run.experiment)
+        database = sqlite_path(uri)
+        if database is not None and schema_revision(database) == SQLITE_SCHEMA:
+            self.fast_store = database
         if run.resume:
             client.update_run(run.resume, status="RUNNING")
             self.client, self.run_id = client, run.resume
