@@ -52,9 +52,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-PROG = "benchmarks/end_to_end.py"
+from common import PROG, clean_env, fail, gist, table
+
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
 LOG_TIME = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
@@ -67,6 +68,7 @@ STEP_METRIC = "grad_norm"  # logged by every training step, never by an evaluati
 # (python -S: no site imports, a small process; see spawn).
 LAUNCHER = """
 import json, os, sys, time
+
 report, command = sys.argv[1], sys.argv[2:]
 started_at = time.time()
 start = time.perf_counter()
@@ -116,27 +118,6 @@ class Measure:
         if self.first_step is None or self.last_step is None:
             return None
         return self.last_step - self.first_step
-
-
-def fail(message: str) -> NoReturn:
-    """Exit non-zero with one line on standard error."""
-    raise SystemExit(f"{PROG}: error: {message}")
-
-
-def gist(text: str) -> str:
-    """The line of a program's error output that says what went wrong."""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
-    errors = [line for line in lines if "error:" in line.lower()]
-    if errors:
-        return errors[-1]
-    if lines and lines[0].startswith("Traceback"):
-        return lines[-1]
-    return lines[0] if lines else "(no output)"
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without MLFLOW_*, FRAMEWORK_* and HYDRA_* variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))}
 
 
 def spawn(command: Sequence[str], folder: Path, what: str) -> Child:
@@ -267,13 +248,6 @@ def walls(measures: Sequence[Measure]) -> str:
     values = [m.wall for m in measures]
     spread = f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""
     return f"{statistics.median(values):.2f}{spread}"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def task_table(results: dict[tuple[str, bool], list[Measure]], tasks: Sequence[str]) -> str:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -152,3 +157,69 @@ def assert_no_runs(database: Path) -> None:
     experiments = client.search_experiments(view_type=ViewType.ALL)
     runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
     assert list(runs) == [], f"runs were created: {[r.info.run_id for r in runs]}"
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@contextmanager
+def serving(command: Sequence[str], ready_url: str, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """Run a server ``command`` until ``ready_url`` answers 200 (at most 120 s), and stop it by its pid at the end.
+
+    Its output goes to ``cwd/server.log``; a server that has not stopped 30 s after SIGTERM is killed.
+    """
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = open(cwd / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (cwd / "server.log").read_text()
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{command[:4]} did not answer {ready_url} within 120 s"
+            time.sleep(0.25)
+        yield server
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        log.close()

@@ -18,9 +18,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import clean_env, runs_of, seed_store
+from conftest import alive, clean_env, descendants, free_port, runs_of, seed_store, serving
 from mlflow import MlflowClient
-from test_server import alive, descendants, free_port
 
 from framework import engine, plugins
 from framework.checkpoint import CheckpointError
@@ -110,15 +109,8 @@ def test_the_adder_model_adds(adder):
 def test_the_adder_model_is_served_over_http(adder, tmp_path):
     uri, run_id = adder
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model"]
-    server = subprocess.Popen(
-        [*command, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=clean_env(MLFLOW_TRACKING_URI=uri),
-        stdout=log,
-        stderr=log,
-    )
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     address = f"http://127.0.0.1:{port}"
 
     def post(body: dict) -> tuple[int, dict]:
@@ -131,18 +123,7 @@ def test_the_adder_model_is_served_over_http(adder, tmp_path):
         except urllib.error.HTTPError as error:
             return error.code, json.load(error)
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{address}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the model server did not start within 120 s"
-            time.sleep(0.25)
+    with serving(command, f"{address}/ping", tmp_path / "serve", clean_env(MLFLOW_TRACKING_URI=uri)) as server:
         workers = descendants(server.pid)
         assert workers, "the model is served by a uvicorn process"
 
@@ -156,11 +137,6 @@ def test_the_adder_model_is_served_over_http(adder, tmp_path):
 
         server.send_signal(signal.SIGTERM)  # stopped by its pid
         server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        log.close()
     deadline = time.monotonic() + 30  # uvicorn gets SIGTERM when its parent dies (prctl) and shuts down
     while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)

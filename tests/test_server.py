@@ -8,54 +8,20 @@ process behind.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import clean_env, one_line, runs_of
+from conftest import alive, clean_env, descendants, free_port, one_line, runs_of, serving
 from mlflow import MlflowClient
 from test_sweep import sweep_runs
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @contextmanager
 def mlflow_server(root: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``mlflow server`` on a free port of 127.0.0.1, stopped by its pid (SIGTERM) at the end."""
+    """``mlflow server`` on a free port of 127.0.0.1, with its store and artifacts under ``root``."""
     port = free_port()
     command = [
         *(sys.executable, "-m", "mlflow", "server"),
@@ -63,34 +29,9 @@ def mlflow_server(root: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         *("--artifacts-destination", str(root / "artifacts")),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
     ]
-    root.mkdir(parents=True, exist_ok=True)
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        command, cwd=root, env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=log, stderr=log
-    )
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (root / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start within 120 s"
-            time.sleep(0.25)
+    with serving(command, f"{uri}/health", root, clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")) as server:
         yield uri, server
-    finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        log.close()
 
 
 def test_parallel_sweep_into_a_tracking_server(cli, tmp_path):
