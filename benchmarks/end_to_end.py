@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PROG, clean_env, fail, gist, table
+from common import PROG, clean_env, fail, gist, require_positive, table
 
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
@@ -435,10 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("repeat", "steps", "long_steps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_positive(parser, args, ("repeat", "steps", "long_steps"))
     return args
 
 
