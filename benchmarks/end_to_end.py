@@ -60,7 +60,7 @@ TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
 LOG_TIME = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
 FINISHED = re.compile(LOG_TIME + r"\[framework\.engine\]\[INFO\] - \S+ finished in ([0-9.]+) s", re.MULTILINE)
-TRACKING_RUN = re.compile(r"\] - Tracking run ([0-9a-f]+) ")
+TRACKING_RUN = re.compile(r"\] - Tracking run ([0-9a-f]+)$", re.MULTILINE)
 MODEL_LOGGED = re.compile(r"\] - Logged the model .* in ([0-9.]+) s")
 STEP_METRIC = "grad_norm"  # logged by every training step, never by an evaluation
 

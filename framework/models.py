@@ -7,6 +7,9 @@ A run of a task that can predict (:class:`framework.protocols.Predictor`) logs t
 - ``model_code.py``: MLflow's model from code, ``set_model(TrainedNetwork())`` (:mod:`framework.model_code`);
 - the signature, inferred from the task's example request and its answer, and that example.
 
+The training process writes those files (:func:`framework.model_files.export`); the tracking worker
+turns them into the logged model (:func:`log_model`).
+
 Loading it (``mlflow.pyfunc.load_model("runs:/<run id>/model")``, ``mlflow models serve``) rebuilds the
 task from the config with the framework's own engine, copies the parameters into it and calls the task's
 ``predict``. So the framework (the ``rnn-tutorial-framework`` distribution) and the task's plugin must be
@@ -35,13 +38,12 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from framework import __version__, checkpoint
-from framework.protocols import Params, Predictor, RunInfo, Task
+from framework.model_files import CONFIG, PARAMS, read_example
+from framework.protocols import Params, Predictor
 
 log = logging.getLogger(__name__)
 
 MODEL = "model"  # the model's name in its run: runs:/<run id>/model
-PARAMS = "params.npz"
-CONFIG = "config.yaml"
 CODE = Path(__file__).with_name("model_code.py")
 DISTRIBUTION = "rnn-tutorial-framework"  # this framework's distribution, required where a model is loaded
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -83,10 +85,10 @@ def requirements() -> list[str]:
     return [f"{DISTRIBUTION}=={__version__}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
-def signature_of(task: Predictor) -> tuple[pd.DataFrame, ModelSignature]:
-    """The task's example request and the signature inferred from it and from the task's answer to it."""
-    request = task.example()
-    return pd.DataFrame(request), infer_signature(pd.DataFrame(request), pd.DataFrame(task.predict(request)))
+def signature_of(folder: Path) -> tuple[pd.DataFrame, ModelSignature]:
+    """The example request exported into ``folder`` and the signature inferred from it and its answer."""
+    request, answer = read_example(folder)
+    return pd.DataFrame(request), infer_signature(pd.DataFrame(request), pd.DataFrame(answer))
 
 
 @contextlib.contextmanager
@@ -110,36 +112,31 @@ def quiet() -> Iterator[None]:
                 os.environ[PROGRESS_BAR_ENV] = bar
 
 
-def save(task: Predictor, config: dict[str, Any], folder: Path, metadata: Model) -> Path:
-    """Write the pyfunc model of ``task``'s trained network into ``folder``/model (with ``params.npz`` and
-    ``config.yaml``, the run's ``config``, beside it) and return its path; ``metadata`` goes to its MLmodel."""
-    np.savez(folder / PARAMS, **task.model.params)
-    (folder / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-    example, signature = signature_of(task)
+def save(files: Path, into: Path, metadata: Model) -> Path:
+    """Write the pyfunc model made of the exported ``files`` (see :mod:`framework.model_files`) into
+    ``into``/model and return its path; ``metadata`` goes to its MLmodel."""
+    example, signature = signature_of(files)
     mlflow.pyfunc.save_model(
-        folder / MODEL,
+        into / MODEL,
         python_model=str(CODE),
-        artifacts={"params": str(folder / PARAMS), "config": str(folder / CONFIG)},
+        artifacts={"params": str(files / PARAMS), "config": str(files / CONFIG)},
         signature=signature,
         input_example=example,
         pip_requirements=requirements(),
         mlflow_model=metadata,
     )
-    return folder / MODEL
+    return into / MODEL
 
 
-def log_model(client: Any, run_id: str, run: RunInfo, task: Task) -> str | None:
-    """Log ``task``'s trained network as the pyfunc model ``model`` of run ``run_id``; its model id, or None
-    for a task that cannot predict.
+def log_model(client: Any, run_id: str, files: Path, register_as: str | None = None) -> str:
+    """Log the trained network exported into ``files`` as the pyfunc model ``model`` of run ``run_id``;
+    its model id.
 
     Only ``client`` (an :class:`mlflow.MlflowClient`) talks to the store: no active run and no global
     tracking URI are involved. The model is a LoggedModel of the run's experiment whose source run is
-    ``run_id`` (what ``runs:/<run id>/model`` finds) and an output of that run. With ``model.register``
-    it is also registered, as ``model.name`` or the task's name.
+    ``run_id`` (what ``runs:/<run id>/model`` finds) and an output of that run. With ``register_as``
+    it is also registered under that name.
     """
-    if not isinstance(task, Predictor):
-        log.info("task %s cannot predict: no model logged", run.task)
-        return None
     started = time.perf_counter()
     source = client.get_run(run_id)
     logged = client.create_logged_model(
@@ -150,16 +147,15 @@ def log_model(client: Any, run_id: str, run: RunInfo, task: Task) -> str | None:
     )
     try:
         with tempfile.TemporaryDirectory(prefix="framework-model-") as scratch, quiet():
-            client.log_model_artifacts(logged.model_id, str(save(task, run.config, Path(scratch), metadata)))
+            client.log_model_artifacts(logged.model_id, str(save(files, Path(scratch), metadata)))
     except BaseException:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
         raise
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    settings = run.config["model"]
-    if settings["register"]:
+    if register_as:
         with quiet():  # a tracking server's registry says it waits for the version to be ready
-            register(client, settings["name"] or run.task, logged, run_id)
+            register(client, register_as, logged, run_id)
     log.info("Logged the model %r of run %s in %.2f s", MODEL, run_id, time.perf_counter() - started)
     return logged.model_id
 

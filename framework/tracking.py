@@ -20,11 +20,11 @@ import logging
 import math
 import os
 import re
-import shlex
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,9 +33,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from framework.config import flatten
 from framework.hookspecs import hookimpl
-from framework.protocols import Evaluation, RunInfo, Task
+from framework.model_files import export
+from framework.protocols import Evaluation, Predictor, RunInfo, Task
+from framework.recorder_process import RecorderProcess, TrackingError, take
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 SQLITE_SCHEMA = "dc11669786a5"  # the schema revision of MLflow 3.17's SQL store, whose metric tables we write
 
+FALLBACK = "unrecorded-metrics.jsonl"  # in the run's output folder: metrics the store did not take
 CHECKPOINT = "checkpoints/last.npz"  # a run's last checkpoint, as an artifact
 SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.sweep)
 SWEEP_TAG = "framework.sweep_id"  # on a sweep's parent run and on each of its jobs' runs
@@ -56,10 +58,6 @@ DIRECTION_TAG = "framework.direction"  # minimize | maximize
 
 
 T = TypeVar("T")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; ``str()`` is one line naming it."""
 
 
 def resolve_uri(setting: str | None, launch_dir: Path) -> str:
@@ -138,6 +136,38 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise TrackingError(f"cannot reach the tracking server {uri}: {reason}") from None
+
+
+def check_store(uri: str, wait: float = 5.0) -> None:
+    """Fail fast, in one line naming the store, when ``uri`` cannot take a run: a server that does not
+    answer, or an embedded store whose folder cannot be created or written, whose file is not an SQLite
+    database, or that another process keeps locked for ``wait`` seconds.
+
+    Done by the training process before its first step; the tracking worker opens the store later.
+    """
+    check_reachable(uri)
+    database = sqlite_path(uri)
+    if database is None:
+        return
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(f"cannot create the tracking store {uri}: {error.strerror}: {database.parent}") from None
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=wait)) as db:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, as every write of a run will
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            db.rollback()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error):
+            raise TrackingError(
+                f"the tracking store {uri} is locked by another process (waited {wait:.0f} s)"
+            ) from None
+        raise TrackingError(f"cannot write to the tracking store {uri}: {error}") from None
+    except sqlite3.DatabaseError as error:
+        raise TrackingError(
+            f"the tracking store {database} is not an SQLite database ({error}): move it away or set tracking.uri"
+        ) from None
 
 
 def one_line(error: BaseException) -> str:
@@ -274,14 +304,20 @@ def fetch_run(setting: str | None, launch_dir: Path, run_id: str, into: Path) ->
 
 
 class MlflowTracker:
-    """Records each run in MLflow through :class:`mlflow.MlflowClient` (no global active run)."""
+    """Records each run in MLflow through a tracking worker process: the training process never imports MLflow.
+
+    The worker (:mod:`framework.recorder`) starts when the run starts and imports MLflow and opens the
+    store while training runs; every event becomes a message to it. Metrics are buffered and sent
+    ``tracking.flush_every`` values at a time; figures are rendered to PNG files and sent by name;
+    the trained network is exported to files (:mod:`framework.model_files`) that the worker logs as
+    the run's model. At the end of the run the tracker waits for the worker to record everything.
+    """
 
     def __init__(self) -> None:
-        self.client: Any = None
-        self.run_id: str | None = None
+        self.worker: RecorderProcess | None = None
         self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
-        self.fast_store: Path | None = None  # an embedded store whose metric tables flush() writes directly
         self.flush_every = 1000
+        self.scratch: tempfile.TemporaryDirectory | None = None  # figures and model files until they are logged
 
     # -- run events ---------------------------------------------------------
 
@@ -292,17 +328,32 @@ class MlflowTracker:
             return
         self.flush_every = settings["flush_every"]
         uri = resolve_uri(settings["uri"], run.launch_dir)
-        try:
-            self._start(run, uri)
-        except TrackingError:
-            raise
-        except Exception as error:  # any store failure: one line naming the store
-            raise TrackingError(f"cannot record the run in {uri}: {type(error).__name__}: {one_line(error)}") from error
-        log.info("Tracking run %s in experiment %r at %s", self.run_id, run.experiment, uri)
+        check_store(uri)
+        self.scratch = tempfile.TemporaryDirectory(prefix="framework-tracking-")
+        fallback = (run.output_dir or run.launch_dir) / FALLBACK
+        self.worker = take()
+        self.worker.send(
+            "start",
+            uri=uri,
+            experiment=run.experiment,
+            fallback=str(fallback),
+            run={
+                "task": run.task,
+                "experiment": run.experiment,
+                "name": run.run_name,
+                "config": run.config,
+                "overrides": list(run.overrides),
+                "objective": run.objective,
+                "maximize": run.maximize,
+                "resume": run.resume,
+                "sweep_id": os.environ.get(SWEEP_ENV),
+            },
+        )
+        log.info("Recording the run in experiment %r at %s", run.experiment, uri)
 
     @hookimpl
     def framework_metrics(self, run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
-        if self.run_id is None:
+        if self.worker is None:
             return
         now = int(time.time() * 1000)
         self.buffer.extend((key, float(value), now, step) for key, value in metrics.items())
@@ -311,107 +362,67 @@ class MlflowTracker:
 
     @hookimpl
     def framework_evaluation(self, run: RunInfo, step: int, evaluation: Evaluation, final: bool) -> None:
-        if self.run_id is None:
+        if self.worker is None:
             return
         self.framework_metrics(run=run, step=step, metrics=evaluation.metrics)
         self.flush()
         folder = "" if final else f"step_{step:07d}/"
         for name, text in evaluation.samples.items():
-            self.client.log_text(self.run_id, text, f"samples/{folder}{name}.txt")
+            self.worker.send("text", data=text, path=f"samples/{folder}{name}.txt")
         for name, table in evaluation.tables.items():
-            self.client.log_table(self.run_id, table, f"tables/{folder}{name}.json")
+            self.worker.send("table", data=table, path=f"tables/{folder}{name}.json")
         for name, figure in evaluation.figures.items():
-            self.client.log_figure(self.run_id, figure, f"figures/{folder}{name}.png")
+            path = Path(self.scratch.name) / "figures" / folder / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path)
+            self.worker.send("artifact", file=str(path), folder=str(Path("figures", folder)))
 
     @hookimpl
     def framework_checkpoint(self, run: RunInfo, step: int, path: Path) -> None:
-        if self.run_id is None:
+        if self.worker is None:
             return
         self.flush()  # the metrics up to the checkpoint are stored with it
-        self.client.log_artifact(self.run_id, str(path), str(Path(CHECKPOINT).parent))
+        self.worker.send("artifact", file=str(path), folder=str(Path(CHECKPOINT).parent))
 
     @hookimpl
     def framework_trained(self, run: RunInfo, task: Task, step: int) -> None:
-        if self.run_id is None or not run.config["model"]["log"]:
+        settings = run.config["model"]
+        if self.worker is None or not settings["log"]:
             return
-        from framework.models import log_model
-
-        log_model(self.client, self.run_id, run, task)
+        if not isinstance(task, Predictor):
+            log.info("task %s cannot predict: no model logged", run.task)
+            return
+        files = export(task, run.config, Path(self.scratch.name) / "model")
+        self.worker.send(
+            "model", files=str(files), register_as=(settings["name"] or run.task) if settings["register"] else None
+        )
 
     @hookimpl
     def framework_run_ended(self, run: RunInfo, status: str, error: str | None) -> None:
-        if self.run_id is None:
+        worker = self.worker
+        if worker is None:
             return
-        client, run_id = self.client, self.run_id
         try:
             self.flush()
-            if error:
-                client.set_tag(run_id, "error", error[:5000])
-            client.set_terminated(run_id, status)
-        except Exception as failure:
-            raise TrackingError(
-                f"could not record the end ({status}) of run {run_id}: {one_line(failure)}"
-            ) from failure
+            worker.send("end", status=status, error=error)
+            reported = worker.failure  # the engine has already raised it
+            worker.close()
+            if worker.run_id is not None:
+                run.links["mlflow_run_id"] = worker.run_id
+            if worker.failure is not None and worker.failure != reported:
+                raise TrackingError(worker.failure)
         finally:
-            self.client, self.run_id, self.buffer, self.fast_store = None, None, [], None
+            self.scratch.cleanup()
+            self.worker, self.buffer, self.scratch = None, [], None
 
     # -- helpers ------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the buffered (key, value, timestamp, step) metrics: straight into an embedded store of
-        MLflow 3.17's schema (:func:`write_metrics`), else through log_batch, at most 1000 a call."""
+        """Send the buffered (key, value, timestamp, step) metrics to the worker; raise if recording failed."""
         buffer, self.buffer = self.buffer, []
-        if self.fast_store is not None:
-            write_metrics(self.fast_store, self.run_id, buffer)
-            return
-        from mlflow.entities import Metric
-
-        for batch in chunks([Metric(*entry) for entry in buffer], METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
-
-    def _start(self, run: RunInfo, uri: str) -> None:
-        """Create the run in ``uri`` and log its params, config, overrides and tags; or reopen a resumed run."""
-        client, experiment_id = connect(uri, run.experiment)
-        database = sqlite_path(uri)
-        if database is not None and schema_revision(database) == SQLITE_SCHEMA:
-            self.fast_store = database
-        if run.resume:
-            client.update_run(run.resume, status="RUNNING")
-            self.client, self.run_id = client, run.resume
-            run.links["mlflow_run_id"] = run.resume
-            return
-        tags = {
-            "command": shlex.join(["python", "-m", "framework", *run.overrides]),
-            "framework.task": run.task,
-            OBJECTIVE_TAG: run.objective,
-            DIRECTION_TAG: "maximize" if run.maximize else "minimize",
-        }
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        sweep_id = os.environ.get(SWEEP_ENV)
-        if sweep_id:  # a job of a sweep: a child of the sweep's parent run
-            tags[SWEEP_TAG] = sweep_id
-            parent = sweep_parent(client, experiment_id, sweep_id)
-            if parent is None:
-                log.warning(
-                    "sweep %s has no parent run in experiment %r; recording a top-level run", sweep_id, run.experiment
-                )
-            else:
-                tags[PARENT_TAG] = parent
-        created = client.create_run(experiment_id, tags=tags, run_name=run.run_name)
-        self.client, self.run_id = client, created.info.run_id  # from here on, run_ended closes it
-        run.links["mlflow_run_id"] = self.run_id
-        self._log_params(run.config)
-        client.log_text(self.run_id, yaml.safe_dump(run.config, sort_keys=False), "config.yaml")
-        client.log_text(self.run_id, yaml.safe_dump(list(run.overrides)), "overrides.yaml")
-
-    def _log_params(self, config: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
-        for batch in chunks(params, PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=batch, synchronous=True)
+        if buffer:
+            self.worker.send("metrics", entries=buffer)
+        self.worker.check()
 
 
 tracker = MlflowTracker()  # the plugin object (see plugins.DEFAULT_PLUGINS)

@@ -14,6 +14,7 @@ from conftest import clean_env, one_line, runs_of
 
 from framework import checkpoint, engine, plugins
 from framework.hookspecs import hookimpl
+from framework.recorder import ABANDONED
 
 # -- the file --------------------------------------------------------------------
 
@@ -210,7 +211,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cli, default_sto
         assert killed.info.status == "KILLED"
     else:
         assert cut.returncode == -signal.SIGKILL
-        assert killed.info.status == "RUNNING"  # nobody could record its end
+        assert killed.info.status == "KILLED"  # the tracking worker outlives the training process and closes the run
+        assert killed.data.tags["error"] == ABANDONED.format(run_id=killed.info.run_id)
 
     result = cli(f"resume={killed.info.run_id}")
     assert result.returncode == 0, result.stderr

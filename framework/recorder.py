@@ -1,0 +1,282 @@
+"""The tracking worker: a process of its own that does everything MLflow does for one run.
+
+``python -m framework.recorder`` is started by the tracker (:mod:`framework.tracking`) when a
+run starts. It imports MLflow and opens the store on the second core while the training process
+trains, so training never waits for either. The training process sends it one JSON object per
+line on standard input; it answers, one JSON object per line, on its standard output:
+
+========================================  ==============================================
+message (``op`` and fields)               what the worker does
+========================================  ==============================================
+``start``: uri, experiment, run           creates the run (params, config, overrides, tags),
+                                          or reopens ``run.resume``; answers ``started``
+``metrics``: entries [key, value, ms,     writes them (straight into an embedded store's metric
+step]                                     tables, else ``log_batch``)
+``text`` / ``table``: data, path          logs a text or a JSON table artifact
+``artifact``: file, folder                logs a file (figures, checkpoints)
+``model``: files, register_as             logs the exported network as the model ``model``
+``end``: status, error                    closes the run; answers ``ended`` and exits
+========================================  ==============================================
+
+Answers: ``started`` (run_id), ``log`` (level, message: the worker's log lines, logged by the
+training process), ``error`` (message: one line naming the store), ``ended``.
+
+When recording fails, the worker answers ``error`` once and from then on writes every metric it
+receives to the ``fallback`` file named in ``start`` (JSON lines), so nothing is lost. When its
+input ends without ``end`` (the training process was killed), it records what it received and
+closes the run as KILLED: ``resume=<run id>`` continues it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from framework.config import flatten
+from framework.tracking import (
+    DIRECTION_TAG,
+    MAX_PARAM_LENGTH,
+    METRICS_PER_BATCH,
+    OBJECTIVE_TAG,
+    PARAMS_PER_BATCH,
+    PARENT_TAG,
+    SQLITE_SCHEMA,
+    SWEEP_TAG,
+    TrackingError,
+    chunks,
+    connect,
+    git_commit,
+    one_line,
+    schema_revision,
+    sqlite_path,
+    sweep_parent,
+    write_metrics,
+)
+
+log = logging.getLogger("framework.recorder")
+
+ABANDONED = "the training process ended without closing the run (killed?); resume={run_id} continues it"
+
+
+class Answers(logging.Handler):
+    """The worker's answers to the training process, one JSON object per line; log records become ``log``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(logging.INFO)
+        self.stream: IO[str] | None = stream
+        self.lock_answers = threading.Lock()
+
+    def send(self, op: str, **fields: Any) -> None:
+        """Answer ``{"op": op, **fields}``; once the training process is gone, answers go nowhere."""
+        with self.lock_answers:
+            if self.stream is None:
+                return
+            try:
+                self.stream.write(json.dumps({"op": op, **fields}) + "\n")
+                self.stream.flush()
+            except OSError:  # the training process was killed: the run is still recorded
+                self.stream = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.send("log", level=record.levelno, message=record.getMessage())
+
+
+class Recorder:
+    """One run in MLflow, driven by the training process's messages."""
+
+    def __init__(self, answers: Answers) -> None:
+        self.answers = answers
+        self.client: Any = None
+        self.uri = ""
+        self.run_id: str | None = None
+        self.fast_store: Path | None = None  # an embedded store whose metric tables are written directly
+        self.fallback: Path | None = None
+        self.failed = False
+
+    def handle(self, message: Mapping[str, Any]) -> None:
+        """Do what ``message`` asks; after a failure only metrics (to the fallback file) and ``end``."""
+        op = message["op"]
+        if self.failed and op != "end":
+            if op == "metrics":
+                self.keep(message["entries"])
+            return
+        try:
+            getattr(self, op)(**{k: v for k, v in message.items() if k != "op"})
+        except Exception as error:
+            self.fail(error, message)
+
+    def fail(self, error: Exception, message: Mapping[str, Any]) -> None:
+        """Answer ``error`` once, in one line naming the store (and the fallback file of the lost metrics)."""
+        if message["op"] == "metrics":
+            self.keep(message["entries"])
+        if self.failed:
+            return
+        self.failed = True
+        reason = (
+            str(error)
+            if isinstance(error, TrackingError)
+            else f"cannot record the run in {self.uri}: {type(error).__name__}: {one_line(error)}"
+        )
+        if self.fallback is not None and message["op"] != "start":
+            reason += f"; its metrics from here on are in {self.fallback}"
+        self.answers.send("error", message=reason)
+
+    def keep(self, entries: Sequence[Sequence[Any]]) -> None:
+        """Append metrics the store did not take to the fallback file, one JSON list per line."""
+        if self.fallback is None or not entries:
+            return
+        self.fallback.parent.mkdir(parents=True, exist_ok=True)
+        with self.fallback.open("a") as out:
+            out.writelines(json.dumps(entry) + "\n" for entry in entries)
+
+    # -- the messages ---------------------------------------------------------
+
+    def start(self, uri: str, experiment: str, run: Mapping[str, Any], fallback: str | None = None) -> None:
+        """Create the run in ``uri`` with its params, config, overrides and tags; or reopen a resumed run."""
+        self.uri, self.fallback = uri, Path(fallback) if fallback else None
+        client, experiment_id = connect(uri, experiment)
+        database = sqlite_path(uri)
+        if database is not None and schema_revision(database) == SQLITE_SCHEMA:
+            self.fast_store = database
+        if run["resume"]:
+            client.update_run(run["resume"], status="RUNNING")
+            self.client, self.run_id = client, run["resume"]
+        else:
+            self.client = client
+            self.run_id = client.create_run(
+                experiment_id, tags=self.tags(run, experiment_id), run_name=run["name"]
+            ).info.run_id
+            self.log_params(run["config"])
+            client.log_text(self.run_id, yaml.safe_dump(run["config"], sort_keys=False), "config.yaml")
+            client.log_text(self.run_id, yaml.safe_dump(list(run["overrides"])), "overrides.yaml")
+        self.answers.send("started", run_id=self.run_id)
+
+    def metrics(self, entries: Sequence[Sequence[Any]]) -> None:
+        """Write (key, value, timestamp ms, step) metrics: straight into an embedded store of MLflow 3.17's
+        schema (:func:`framework.tracking.write_metrics`), else through log_batch, at most 1000 a call."""
+        if self.fast_store is not None:
+            write_metrics(self.fast_store, self.run_id, entries)
+            return
+        from mlflow.entities import Metric
+
+        for batch in chunks([Metric(*entry) for entry in entries], METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def text(self, data: str, path: str) -> None:
+        self.client.log_text(self.run_id, data, path)
+
+    def table(self, data: dict[str, list], path: str) -> None:
+        self.client.log_table(self.run_id, data, path)
+
+    def artifact(self, file: str, folder: str) -> None:
+        self.client.log_artifact(self.run_id, file, folder)
+
+    def model(self, files: str, register_as: str | None) -> None:
+        from framework.models import log_model
+
+        log_model(self.client, self.run_id, Path(files), register_as)
+
+    def end(self, status: str, error: str | None) -> None:
+        """Close the run with ``status`` (and the ``error`` that ended it)."""
+        if self.run_id is None:
+            return
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:5000])
+        self.client.set_terminated(self.run_id, status)
+
+    # -- helpers ------------------------------------------------------------
+
+    def tags(self, run: Mapping[str, Any], experiment_id: str) -> dict[str, str]:
+        """The new run's tags: its command line, task, objective, commit and, in a sweep, its parent."""
+        tags = {
+            "command": shlex.join(["python", "-m", "framework", *run["overrides"]]),
+            "framework.task": run["task"],
+            OBJECTIVE_TAG: run["objective"],
+            DIRECTION_TAG: "maximize" if run["maximize"] else "minimize",
+        }
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        sweep_id = run["sweep_id"]
+        if sweep_id:  # a job of a sweep: a child of the sweep's parent run
+            tags[SWEEP_TAG] = sweep_id
+            parent = sweep_parent(self.client, experiment_id, sweep_id)
+            if parent is None:
+                log.warning(
+                    "sweep %s has no parent run in experiment %r; recording a top-level run",
+                    sweep_id,
+                    run["experiment"],
+                )
+            else:
+                tags[PARENT_TAG] = parent
+        return tags
+
+    def log_params(self, config: Mapping[str, Any]) -> None:
+        """The flattened config as the run's params, at most 100 a call."""
+        from mlflow.entities import Param
+
+        params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in flatten(config).items()]
+        for batch in chunks(params, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=batch, synchronous=True)
+
+
+def read_messages(stream: IO[bytes], inbox: queue.SimpleQueue, started: threading.Event) -> None:
+    """Queue every message of ``stream`` as it arrives (so the sender never blocks on a full pipe), then None.
+
+    Input that ends before any run started means the run never started: the worker exits at once.
+    """
+    for line in stream:
+        if not started.is_set():
+            started.set()
+        inbox.put(json.loads(line))
+    if not started.is_set():
+        os._exit(0)
+    inbox.put(None)
+
+
+def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
+    """Handle messages until ``end``; input ending early closes the run as KILLED."""
+    recorder = Recorder(answers)
+    while True:
+        message = inbox.get()
+        if message is None:
+            if recorder.run_id is not None and not recorder.failed:
+                recorder.handle({"op": "end", "status": "KILLED", "error": ABANDONED.format(run_id=recorder.run_id)})
+            return
+        recorder.handle(message)
+        if message["op"] == "end":
+            answers.send("ended")
+            return
+
+
+def main() -> None:
+    """The worker's entry point: answers on the original standard output, anything printed goes to stderr."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
+    answers = Answers(os.fdopen(os.dup(sys.stdout.fileno()), "w"))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.getLogger().addHandler(answers)
+    logging.getLogger().setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    logging.getLogger("framework.models").setLevel(logging.INFO)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    started = threading.Event()
+    threading.Thread(target=read_messages, args=(sys.stdin.buffer, inbox, started), daemon=True).start()
+    import mlflow  # noqa: F401 - while the training process trains
+
+    serve(inbox, answers)
+    os._exit(0)  # skip collecting MLflow's objects at exit
+
+
+if __name__ == "__main__":
+    main()
