@@ -105,9 +105,10 @@ class Recorder:
         self.failed = False
 
     def handle(self, message: Mapping[str, Any]) -> None:
-        """Do what ``message`` asks; after a failure only metrics (to the fallback file) and ``end``."""
+        """Do what ``message`` asks. After a failure, metrics go to the fallback file and nothing else is
+        tried (a store that failed once may hang on every call: the run is left for ``cleanup``)."""
         op = message["op"]
-        if self.failed and op != "end":
+        if self.failed:
             if op == "metrics":
                 self.keep(message["entries"])
             return
@@ -117,19 +118,17 @@ class Recorder:
             self.fail(error, message)
 
     def fail(self, error: Exception, message: Mapping[str, Any]) -> None:
-        """Answer ``error`` once, in one line naming the store (and the fallback file of the lost metrics)."""
+        """Answer ``error`` in one line naming the store and the fallback file of the metrics it did not take."""
+        self.failed = True
         if message["op"] == "metrics":
             self.keep(message["entries"])
-        if self.failed:
-            return
-        self.failed = True
         reason = (
             str(error)
             if isinstance(error, TrackingError)
             else f"cannot record the run in {self.uri}: {type(error).__name__}: {one_line(error)}"
         )
-        if self.fallback is not None and message["op"] != "start":
-            reason += f"; its metrics from here on are in {self.fallback}"
+        if self.fallback is not None:
+            reason += f"; the metrics it did not record are in {self.fallback}"
         self.answers.send("error", message=reason)
 
     def keep(self, entries: Sequence[Sequence[Any]]) -> None:

@@ -223,3 +223,30 @@ def serving(command: Sequence[str], ready_url: str, cwd: Path, env: dict[str, st
                 server.kill()
                 server.wait()
         log.close()
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``mlflow server`` on a free port of 127.0.0.1; its store (``server.db``) and artifacts under ``root``."""
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "mlflow", "server"),
+        *("--backend-store-uri", f"sqlite:///{root / 'server.db'}"),
+        *("--artifacts-destination", str(root / "artifacts")),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+    ]
+    uri = f"http://127.0.0.1:{port}"
+    with serving(command, f"{uri}/health", root, clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")) as server:
+        yield uri, server
+
+
+def sweep_runs(client, experiment: str) -> tuple:
+    """The one parent run of ``experiment`` and its children (oldest first); no other runs there."""
+    runs = runs_of(client, experiment)
+    parents = [r for r in runs if r.data.tags.get("framework.role") == "sweep"]
+    assert len(parents) == 1, f"{len(parents)} parent runs in {experiment!r}"
+    (parent,) = parents
+    children = [r for r in runs if r is not parent]
+    assert {c.data.tags.get("mlflow.parentRunId") for c in children} == {parent.info.run_id}
+    assert {c.data.tags["framework.sweep_id"] for c in children} == {parent.data.tags["framework.sweep_id"]}
+    return parent, children

@@ -7,24 +7,11 @@ store is read back with MlflowClient.
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import yaml
-from conftest import one_line, runs_of
+from conftest import one_line, sweep_runs
 from mlflow import MlflowClient
-
-
-def sweep_runs(client: MlflowClient, experiment: str) -> tuple:
-    """The one parent run of ``experiment`` and its children (oldest first); no other runs there."""
-    runs = runs_of(client, experiment)
-    parents = [r for r in runs if r.data.tags.get("framework.role") == "sweep"]
-    assert len(parents) == 1, f"{len(parents)} parent runs in {experiment!r}"
-    (parent,) = parents
-    children = [r for r in runs if r is not parent]
-    assert {c.data.tags.get("mlflow.parentRunId") for c in children} == {parent.info.run_id}
-    assert {c.data.tags["framework.sweep_id"] for c in children} == {parent.data.tags["framework.sweep_id"]}
-    return parent, children
 
 
 def summary(client: MlflowClient, parent) -> dict[str, list]:
@@ -110,26 +97,6 @@ def test_a_sweep_over_two_tasks_has_a_parent_in_each_experiment(cli, default_sto
         assert parent.info.status == "FINISHED"
     ids = {sweep_runs(default_store, task)[0].data.tags["framework.sweep_id"] for task in ("counting", "srn")}
     assert len(ids) == 1  # one sweep
-
-
-def test_parallel_jobs_into_a_fresh_store(cli, store, tmp_path):
-    """8 jobs, 2 at a time (joblib, separate processes), into a ./mlruns that does not exist yet."""
-    steps = 40
-    result = cli(
-        "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=range(8)", f"train.steps={steps}"
-    )
-    assert result.returncode == 0, result.stderr
-    parent, children = sweep_runs(store, "counting")
-    assert len(children) == 8
-    assert {c.info.status for c in children} == {"FINISHED"}
-    assert sorted(int(c.data.params["seed"]) for c in children) == list(range(8))
-    for child in children:
-        loss = store.get_metric_history(child.info.run_id, "loss")
-        assert sorted(m.step for m in loss) == [*range(steps), steps]  # every step, and the final evaluation
-        assert all(math.isfinite(m.value) for m in loss)
-    assert [e.name for e in store.search_experiments()] == ["counting", "Default"]
-    assert parent.data.metrics["jobs_finished"] == 8
-    assert parent.info.status == "FINISHED"
 
 
 def test_optuna_search_records_the_best_trial(cli, default_store, tmp_path):

@@ -1,0 +1,52 @@
+"""Many writers at once: 16 jobs, 4 at a time (joblib, separate processes, each with its tracking worker),
+into one fresh embedded store and into a real tracking server. All 16 FINISHED, every history complete,
+every run in the right experiment under one parent, and the server leaves no process behind."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import pytest
+from conftest import alive, descendants, mlflow_server, sweep_runs
+from mlflow import MlflowClient
+
+JOBS, AT_ONCE, STEPS = 16, 4, 40
+SWEEP = ("--multirun", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={AT_ONCE}", f"seed=range({JOBS})")
+
+
+def assert_sixteen_complete_children(client: MlflowClient) -> None:
+    parent, children = sweep_runs(client, "counting")  # one parent, every child nested under it
+    assert len(children) == JOBS
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(int(c.data.params["seed"]) for c in children) == list(range(JOBS))
+    for child in children:
+        loss = client.get_metric_history(child.info.run_id, "loss")
+        assert sorted(m.step for m in loss) == [*range(STEPS), STEPS]  # every step, and the final evaluation
+        assert all(math.isfinite(m.value) for m in loss)
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"config.yaml", "figures", "checkpoints"}
+        assert len(child.outputs.model_outputs) == 1  # its trained network, as an MLflow model
+    assert [e.name for e in client.search_experiments()] == ["counting", "Default"]
+    assert parent.data.metrics["jobs_finished"] == JOBS
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_sixteen_jobs_into_a_fresh_embedded_store(cli, store, tmp_path):
+    result = cli(*SWEEP, f"train.steps={STEPS}", timeout=900)  # ./mlruns does not exist yet
+    assert result.returncode == 0, result.stderr
+    assert_sixteen_complete_children(store)
+
+
+@pytest.mark.slow
+def test_sixteen_jobs_into_a_tracking_server(cli, tmp_path):
+    with mlflow_server(tmp_path / "server") as (uri, server):
+        helpers = descendants(server.pid)
+        assert helpers, "the server runs its app in worker processes"
+        result = cli(*SWEEP, f"train.steps={STEPS}", f"tracking.uri={uri}", timeout=900)
+        assert result.returncode == 0, result.stderr
+        assert not (tmp_path / "mlruns").exists()  # nothing went to the embedded store
+        assert_sixteen_complete_children(MlflowClient(tracking_uri=uri))
+        server.send_signal(signal.SIGTERM)  # stop it by its pid
+        server.wait(timeout=30)
+    assert not [pid for pid in helpers if alive(pid)], "the server left processes behind"
