@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from framework import checkpoint, plugins, seeding
 from framework.config import ConfigError
 from framework.config import build as build_config
+from framework.diagnostics import FlowRecorder
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
 from framework.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
 from framework.registry import KINDS, Component
@@ -211,9 +212,12 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     of a batch is carried into the next (truncated BPTT) or reset. An
     evaluation may stop training early (``Evaluation.stop``); the final
     evaluation then happens at that step. Every ``train.checkpoint_every``
-    steps, and at the end, the run is checkpointed.
+    steps, and at the end, the run is checkpointed. Every ``diagnostics.every``
+    steps the gradient flow through time is recorded (metric ``grad_flow_ratio``;
+    the final evaluation gets its figure ``gradient_flow``, see framework.diagnostics).
     """
     settings, model = run.settings.train, run.task.model
+    flow = FlowRecorder(run.settings.diagnostics.every, run.info.task)
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while run.step < settings.steps:
@@ -229,7 +233,12 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
                 clip_by_norm(result.grads, settings.clip_norm, norm)
             run.optimizer.step(model.params, result.grads, result.loss)
             run.state = result.state  # carried, never back-propagated through
-            metrics = {"loss": result.loss, "grad_norm": norm, **run.task.trace(result.loss)}
+            metrics = {
+                "loss": result.loss,
+                "grad_norm": norm,
+                **run.task.trace(result.loss),
+                **flow.metrics(step, result),
+            }
             run.history.record(metrics)
             hook.framework_metrics(run=run.info, step=step, metrics=metrics)
             run.step = done = step + 1
@@ -244,6 +253,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
             if interrupt is not None:
                 interrupt.check()
     final = run.task.evaluate(run.step, run.history.values, final=True)
+    final.figures.update(flow.figures())
     hook.framework_evaluation(run=run.info, step=run.step, evaluation=final, final=True)
     save_checkpoint(run, hook)
     return final

@@ -52,6 +52,7 @@ class StepResult:
     grads: Params
     state: State
     state_grads: np.ndarray  # dL/dh_k for every step k: (B, T, H)
+    cell_state_grads: np.ndarray | None = None  # dL/dc_k likewise, for cells with a memory c (LSTM)
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""The run-wide settings: seed, precision, training loop and tracking.
+"""The run-wide settings: seed, precision, training loop, diagnostics and tracking.
 
 These dataclasses are the single source of the defaults under ``train.*``,
-``tracking.*``, ``objective.*``, ``model.*``, ``resume``, ``seed`` and ``dtype`` (stored in Hydra's ConfigStore as the
-``framework_settings`` node that conf/config.yaml starts from) and of the
-checks applied to them.
+``diagnostics.*``, ``tracking.*``, ``objective.*``, ``model.*``, ``resume``, ``seed``
+and ``dtype`` (stored in Hydra's ConfigStore as the ``framework_settings`` node that
+conf/config.yaml starts from) and of the checks applied to them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ class TrainSettings:
     clip_norm: float | None = param(None, gt=0, doc="rescale the gradients when their global norm exceeds this")
     checkpoint_every: int = param(
         0, ge=0, doc="save a checkpoint (run artifact checkpoints/last.npz) every N steps; 0: only at the end"
+    )
+
+
+@dataclass
+class DiagnosticsSettings:
+    """What training records about itself beyond the loss (framework/diagnostics.py)."""
+
+    every: int = param(
+        0,
+        ge=0,
+        doc="record the gradient flow through time (||dL/dh_k|| per step k, metric grad_flow_ratio, "
+        "figure gradient_flow) every N steps; 0: off",
     )
 
 
@@ -71,6 +83,7 @@ class Settings:
         1, ge=1, doc="BLAS threads; 1 is fastest for the tutorials' small matrices; null: the library's default"
     )
     train: TrainSettings = field(default_factory=TrainSettings)
+    diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     model: ModelSettings = field(default_factory=ModelSettings)

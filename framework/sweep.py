@@ -12,6 +12,12 @@ table of its children (status, the parameters that vary, final metrics), the
 number of jobs per status, and the best child for the objective the children
 report (``objective.*``). The parent is FINISHED when the sweep completed and
 every child finished, KILLED when a child was interrupted, FAILED otherwise.
+
+A sweep can also ask its parent to plot final metrics of the children against
+one swept parameter (``hydra.callbacks.sweep.plot``, see :class:`SweepPlot`):
+for each value of x (and of an optional line parameter), the mean, spread and
+extremes of each metric over the finished children that share them (e.g. the
+seeds), as the table ``tables/by_<x>.json`` and a figure per metric.
 """
 
 from __future__ import annotations
@@ -21,17 +27,19 @@ import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from framework.cli import fail
+from framework.config import ConfigError
 from framework.tracking import (
     DIRECTION_TAG,
     OBJECTIVE_TAG,
@@ -146,7 +154,122 @@ def parent_status(counts: Counter, completed: bool) -> str:
     return "FAILED"
 
 
-def summarise(parent: Parent, completed: bool) -> None:
+@dataclass(frozen=True)
+class SweepPlot:
+    """Final metrics of a sweep's children against the swept parameter ``x``, one line per value of ``lines``.
+
+    Configured as ``hydra.callbacks.sweep.plot`` (params as the children record them, e.g.
+    ``dataset.echo_step``, ``cell.name``)::
+
+        plot: {x: dataset.echo_step, lines: cell.name, metrics: [accuracy, grad_flow_ratio]}
+    """
+
+    x: str
+    metrics: tuple[str, ...]
+    lines: str | None = None
+
+    @classmethod
+    def parse(cls, node: Mapping[str, Any] | None) -> SweepPlot | None:
+        """The plot a ``plot`` node asks for (None: no plot); a malformed node raises :class:`ConfigError`."""
+        if node is None:
+            return None
+        key = "hydra.callbacks.sweep.plot"
+        if not isinstance(node, Mapping) or set(node) - {"x", "lines", "metrics"}:
+            raise ConfigError(key, node, "a mapping with keys x, metrics and optionally lines")
+        metrics = node.get("metrics")
+        if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not metrics:
+            raise ConfigError(f"{key}.metrics", metrics, "a non-empty list of final metrics of the jobs")
+        x, lines = node.get("x"), node.get("lines")
+        for name, value in (("x", x), ("lines", lines)):
+            if not isinstance(value, str) and not (name == "lines" and value is None):
+                raise ConfigError(f"{key}.{name}", value, "a parameter the jobs record, e.g. seed or cell.name")
+        return cls(x, tuple(map(str, metrics)), lines)
+
+    @property
+    def name(self) -> str:
+        """The x parameter's last part, for file names: dataset.echo_step -> echo_step."""
+        return self.x.rsplit(".", 1)[-1]
+
+
+def positions(values: set[str]) -> dict[str, float]:
+    """Where parameter values go on an axis: at their number if every value is one, else 0, 1, ... in text order."""
+    try:
+        return {value: float(value) for value in values}
+    except ValueError:
+        return {value: float(i) for i, value in enumerate(sorted(values))}
+
+
+def ordered(values: set[str]) -> list[str]:
+    """Parameter values in the order of their :func:`positions`."""
+    return sorted(values, key=positions(values).__getitem__)
+
+
+def plot_table(children: Sequence[Any], plot: SweepPlot) -> dict[str, list[Any]]:
+    """One row per (line, x) of the finished children: their number and, for each metric m over them,
+    m_mean = (1/n) sum_i m_i, m_std = sqrt((1/n) sum_i (m_i - m_mean)^2), m_min, m_max (None: no value)."""
+    finished = [c for c in children if c.info.status == "FINISHED" and plot.x in c.data.params]
+    line_of = {c.info.run_id: c.data.params.get(plot.lines, "") if plot.lines else "" for c in finished}
+    table: dict[str, list[Any]] = {plot.lines: []} if plot.lines else {}
+    table.update({plot.x: [], "runs": []})
+    for line in ordered(set(line_of.values())):
+        runs = [c for c in finished if line_of[c.info.run_id] == line]
+        for x in ordered({c.data.params[plot.x] for c in runs}):
+            group = [c for c in runs if c.data.params[plot.x] == x]
+            if plot.lines:
+                table[plot.lines].append(line)
+            table[plot.x].append(x)
+            table["runs"].append(len(group))
+            for metric in plot.metrics:
+                values = np.array([c.data.metrics.get(metric, math.nan) for c in group], dtype=float)
+                values = values[np.isfinite(values)]
+                stats = (values.mean(), values.std(), values.min(), values.max()) if len(values) else (None,) * 4
+                for stat, value in zip(("mean", "std", "min", "max"), stats, strict=True):
+                    table.setdefault(f"{metric}_{stat}", []).append(None if value is None else float(value))
+    return table
+
+
+def plot_figure(table: dict[str, list[Any]], plot: SweepPlot, metric: str):
+    """``metric`` against x: per line the mean over its runs (markers) and the band from min to max.
+
+    The y axis is logarithmic when every value is > 0 and they span more than two decades.
+    """
+    from matplotlib.figure import Figure
+
+    at = positions(set(table[plot.x]))
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    lines = table[plot.lines] if plot.lines else [""] * len(table[plot.x])
+    for line in dict.fromkeys(lines):
+        rows = [i for i, name in enumerate(lines) if name == line and table[f"{metric}_mean"][i] is not None]
+        if rows:
+            xs = [at[table[plot.x][i]] for i in rows]
+            mean, low, high = ([table[f"{metric}_{s}"][i] for i in rows] for s in ("mean", "min", "max"))
+            (drawn,) = ax.plot(xs, mean, "o-", label=line or None)
+            ax.fill_between(xs, low, high, color=drawn.get_color(), alpha=0.2, lw=0)
+    values = [v for s in ("min", "max") for v in table[f"{metric}_{s}"] if v is not None]
+    if values and min(values) > 0 and max(values) / min(values) > 100:
+        ax.set_yscale("log")
+    ax.set_xticks(list(at.values()), list(at))
+    runs = sorted(set(table["runs"]))
+    each = f"{runs[0]}" if len(runs) == 1 else f"{runs[0]}-{runs[-1]}"
+    ax.set(xlabel=plot.x, ylabel=metric, title=f"final {metric}: mean over {each} runs each, band from min to max")
+    if plot.lines:
+        ax.legend(title=plot.lines)
+    return figure
+
+
+def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot) -> None:
+    """The plot's table and one figure per metric into the parent run (nothing without a finished child)."""
+    table = plot_table(children, plot)
+    if not table[plot.x]:
+        log.warning("sweep %s: no finished job records %s, so there is nothing to plot", run_id, plot.x)
+        return
+    client.log_table(run_id, table, f"tables/by_{plot.name}.json")
+    for metric in plot.metrics:
+        client.log_figure(run_id, plot_figure(table, plot, metric), f"figures/{metric}_by_{plot.name}.png")
+
+
+def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) -> None:
     """Write the sweep's summary into its parent run and end it."""
     from mlflow.entities import Metric, Param
 
@@ -172,6 +295,11 @@ def summarise(parent: Parent, completed: bool) -> None:
         client.set_tag(run_id, key, value)
     if children:
         client.log_table(run_id, summary_table(children), "summary.json")
+    if children and plot is not None:
+        try:
+            log_plots(client, run_id, children, plot)
+        except Exception as error:  # the summary stands without the plots; the run must still end
+            log.error("could not plot sweep run %s: %s", run_id, one_line(error))
     client.set_terminated(run_id, parent_status(counts, completed))
     log.info("sweep %s: %s", run_id, note)
 
@@ -179,10 +307,16 @@ def summarise(parent: Parent, completed: bool) -> None:
 class SweepRecorder(Callback):
     """Hydra callback: the parent run(s) of a multirun, and their summary when it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, plot: Mapping[str, Any] | None = None) -> None:
         self.parents: list[Parent] = []
+        self.plot_node = plot  # checked when the sweep starts, where a bad value can end it in one line
+        self.plot: SweepPlot | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.plot = SweepPlot.parse(self.plot_node)
+        except ConfigError as error:
+            fail(error, 2)
         if not config.tracking.enabled:
             return
         sweep_id = uuid.uuid4().hex
@@ -231,6 +365,6 @@ class SweepRecorder(Callback):
         parents, self.parents = self.parents, []
         for parent in parents:
             try:
-                summarise(parent, completed)
+                summarise(parent, completed, self.plot)
             except Exception as error:  # the jobs' own records are intact; say what is missing
                 log.error("could not write the summary of sweep run %s: %s", parent.run_id, one_line(error))

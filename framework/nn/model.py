@@ -48,4 +48,10 @@ class RecurrentModel:
             d_outputs = dh
         cell_grads = self.cell.backward(cache, d_outputs, None)
         grads.update({f"cell.{name}": g for name, g in cell_grads.params.items()})
-        return StepResult(loss=loss, grads=grads, state=final, state_grads=cell_grads.states)
+        return StepResult(
+            loss=loss,
+            grads=grads,
+            state=final,
+            state_grads=cell_grads.states,
+            cell_state_grads=getattr(cell_grads, "cell_states", None),  # a third-party cell may not have it
+        )
