@@ -1,14 +1,19 @@
-"""The command line: ``python -m framework [list | docs | Hydra overrides ...]``.
+"""The command line: ``python -m framework [list | docs | migrate | cleanup | Hydra overrides ...]``.
 
 User mistakes end with one line on standard error and a non-zero exit code:
-2 for a bad config, components that do not fit together, or a broken plugin;
-1 for a run that failed (divergence, tracking store); 130 for Ctrl-C.
+2 for a bad config or command line, components that do not fit together, or a
+plugin that conflicts with another; 1 for a run that failed (divergence,
+tracking store, an exception in a plugin or in the framework: the line names
+the plugin, and the traceback is saved in the job's output folder); 130 for Ctrl-C.
+A user's own ``HYDRA_FULL_ERROR=1`` keeps Hydra's traceback for a config Hydra cannot compose.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,13 +21,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from framework import engine, plugins
+from framework import commandline, engine, plugins
 from framework.checkpoint import CheckpointError
 from framework.config import ConfigError
 from framework.registry import PluginError
-from framework.tracking import TrackingError
+from framework.tracking import TrackingError, one_line
 
 
 class JobFailedError(CompactHydraException):
@@ -53,16 +59,30 @@ def run(cfg: DictConfig) -> float:
     if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.run_name is None:
         cfg.tracking.run_name = hydra_config.job.override_dirname or f"job {hydra_config.job.num}"
     try:
-        overrides = list(hydra_config.overrides.task)
+        overrides = OmegaConf.to_container(hydra_config.overrides.task)  # as given: ${...} unresolved
         return engine.execute(
             cfg, overrides, Path(hydra_config.runtime.cwd), output_dir=Path(hydra_config.runtime.output_dir)
         )
     except (ConfigError, PluginError, engine.IncompatibleError, CheckpointError) as error:
         fail_job(error, 2)
+    except (InterpolationResolutionError, MissingMandatoryValue) as error:
+        fail_job(f"{error.full_key}: cannot be resolved: {one_line(error)}", 2)
     except (engine.DivergenceError, TrackingError) as error:
         fail_job(error, 1)
     except KeyboardInterrupt:
         fail("interrupted; the run is recorded as KILLED", 130)
+    except Exception as error:  # a plugin's or the framework's: one line, the traceback in the job's folder
+        fail_job(crash(error, Path(hydra_config.runtime.output_dir), Path(hydra_config.runtime.cwd)), 1)
+
+
+def crash(error: Exception, output_dir: Path, launch_dir: Path) -> str:
+    """The line for an unexpected exception of a job, naming the installed plugin it came from;
+    the traceback is written to ``<output_dir>/traceback.txt``."""
+    saved = output_dir / "traceback.txt"
+    saved.write_text("".join(traceback.format_exception(error)))
+    found = plugins.manager().culprit(error)
+    where = f"plugin {found[0]!r} failed in {found[1]}" if found else "the run failed"
+    return f"{where}: {type(error).__name__}: {one_line(error)} (traceback: {os.path.relpath(saved, launch_dir)})"
 
 
 def component_table(pm: plugins.PluginManager) -> str:
@@ -81,6 +101,10 @@ def main() -> None:
         from framework.migrate import main as migrate
 
         raise SystemExit(migrate(sys.argv[2:]))
+    if sys.argv[1:2] == ["cleanup"]:  # closes runs whose process is gone; needs no plugins
+        from framework.cleanup import main as cleanup
+
+        raise SystemExit(cleanup(sys.argv[2:]))
     try:
         pm = plugins.manager()
     except PluginError as error:
@@ -94,7 +118,28 @@ def main() -> None:
         print(reference(pm.registry, own_plugins()), end="")
         return
     try:
-        run()
+        commandline.check(sys.argv[1:], pm.registry)
+        compose_and_run()
+    except (commandline.CommandLineError, ConfigError) as error:
+        fail(error, 2)
     finally:
-        # the interpreter's last collections would walk every object of MLflow's ~2000 modules (~0.4 s)
+        # the interpreter's last collections would walk every object of every imported module
         gc.freeze()
+
+
+def compose_and_run() -> None:
+    """Hydra's main, with the errors it raises composing the config as one line (exit 2).
+
+    Hydra prints those itself over several lines unless ``HYDRA_FULL_ERROR`` is
+    set, when it raises them instead: set here, so that they reach this function.
+    """
+    traceback_wanted = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        run()
+    except JobFailedError:  # a job of the sweep failed: its own line is already printed
+        raise SystemExit(1) from None
+    except CompactHydraException as error:
+        if traceback_wanted:
+            raise
+        fail(commandline.describe(error), 2)

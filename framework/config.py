@@ -24,11 +24,23 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, accepted: str) -> None:
         self.key, self.value, self.accepted = key, value, accepted
-        super().__init__(f"{key}={value!r}: expected {accepted}")
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        """The one line: ``key=value: expected <what is accepted>``."""
+        return f"{self.key}={self.value!r}: expected {self.accepted}"
 
     def under(self, prefix: str) -> ConfigError:
         """The same error with its key placed under ``prefix`` (``lr`` -> ``optim.lr``)."""
-        return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.accepted)
+        return type(self)(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.accepted)
+
+
+class UnknownKeyError(ConfigError):
+    """A key that is not an option; ``accepted`` lists the keys that are."""
+
+    def message(self) -> str:
+        """The one line: ``key: no such option; accepted: <keys>``."""
+        return f"{self.key}: no such option; accepted: {self.accepted}"
 
 
 def param(
@@ -78,12 +90,12 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "", ignore: tuple[
     for key in values:
         if key not in known and key not in ignore:
             where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(where, values[key], "no such option; accepted: " + ", ".join(known))
+            raise UnknownKeyError(where, values[key], ", ".join([*known, *ignore]))
     kwargs = {}
     for name, field in known.items():
         key = f"{prefix}.{name}" if prefix else name
         if dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = build(hints[name], values.get(name) or {}, key)
+            kwargs[name] = build(hints[name], _options(key, values.get(name), hints[name]), key)
         else:
             kwargs[name] = _check(key, values.get(name, field.default), field, hints[name])
     try:
@@ -102,6 +114,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def _options(key: str, value: Any, cls: type) -> Mapping[str, Any]:
+    """The options given for the nested dataclass ``cls`` at ``key``: a mapping (None: the defaults)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        names = ", ".join(f"{key}.{f.name}" for f in dataclasses.fields(cls))
+        raise ConfigError(key, value, f"options set one by one, not a value: {names}")
+    return value
 
 
 def _unwrap_optional(kind: Any) -> tuple[type, bool]:

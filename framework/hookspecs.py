@@ -22,6 +22,11 @@ The factories are called as:
 - task:    ``factory(config, parts: Parts) -> Task``
 
 (see :mod:`framework.protocols` for the interfaces they return).
+
+A hook implementation or a component that raises during a run fails the run:
+it is recorded FAILED, and the command line names the plugin and the function
+in one line, with the traceback saved in the run's output folder. A plugin
+that fails to import is skipped with a warning (:mod:`framework.plugins`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import importlib
 import importlib.metadata
 import os
 import sys
+import traceback
 from types import ModuleType
 
 import pluggy
@@ -81,6 +82,30 @@ class PluginManager(pluggy.PluginManager):
         """Unregister the plugin ``name`` and forget its components."""
         self.registry.remove_plugin(name)
         self.unregister(name=name)
+
+    def culprit(self, error: BaseException) -> tuple[str, str] | None:
+        """The installed plugin whose code raised ``error``, and the function the framework called in it.
+
+        That is the innermost plugin on the traceback, and its outermost function
+        there (a hook, a component's method); None when no installed plugin's
+        code is on it. Built-in plugins are the framework's own code: not named.
+        """
+        modules = {
+            plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__: name
+            for name, plugin in self.list_name_plugin()
+            if name not in DEFAULT_PLUGINS
+        }
+
+        def owner(module: str) -> str | None:
+            return next((name for m, name in modules.items() if module == m or module.startswith(m + ".")), None)
+
+        tb = traceback.walk_tb(error.__traceback__)
+        named = [(plugin, frame) for frame, _ in tb if (plugin := owner(frame.f_globals.get("__name__", "")))]
+        if not named:
+            return None
+        plugin = named[-1][0]
+        entry = next(frame for name, frame in named if name == plugin)
+        return plugin, getattr(entry.f_code, "co_qualname", entry.f_code.co_name)
 
 
 def load_entry_points(pm: PluginManager, strict: bool, only: set[str] | None) -> None:

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 import yaml
 
+from framework.cleanup import PROCESS_TAG, process_tag
 from framework.config import flatten
 from framework.tracking import (
     DIRECTION_TAG,
@@ -150,6 +151,7 @@ class Recorder:
             self.fast_store = database
         if run["resume"]:
             client.update_run(run["resume"], status="RUNNING")
+            client.set_tag(run["resume"], PROCESS_TAG, process_tag())  # this worker closes it now
             self.client, self.run_id = client, run["resume"]
         else:
             self.client = client
@@ -197,12 +199,14 @@ class Recorder:
     # -- helpers ------------------------------------------------------------
 
     def tags(self, run: Mapping[str, Any], experiment_id: str) -> dict[str, str]:
-        """The new run's tags: its command line, task, objective, commit and, in a sweep, its parent."""
+        """The new run's tags: its command line, task, objective, commit, this worker's process and, in a
+        sweep, its parent."""
         tags = {
             "command": shlex.join(["python", "-m", "framework", *run["overrides"]]),
             "framework.task": run["task"],
             OBJECTIVE_TAG: run["objective"],
             DIRECTION_TAG: "maximize" if run["maximize"] else "minimize",
+            PROCESS_TAG: process_tag(),  # the process that closes the run; `cleanup` closes it if that is gone
         }
         commit = git_commit()
         if commit:

@@ -32,7 +32,7 @@ class DiagnosticsSettings:
     """What training records about itself beyond the loss (framework/diagnostics.py)."""
 
     every: int = param(
-        0,
+        10,
         ge=0,
         doc="record the gradient flow through time (||dL/dh_k|| per step k, metric grad_flow_ratio, "
         "figure gradient_flow) every N steps; 0: off",

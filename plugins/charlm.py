@@ -14,6 +14,7 @@ the dinosaurs' (``dataset.path=...``).
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +35,7 @@ from framework.registry import Recipe
 
 NEWLINE = "\n"  # ends every name; symbol 0
 MAX_NAMES = 1000  # names a model writes for one request, at most
+TEXT_FILE = "a UTF-8 text file with one example per line"  # what dataset.path accepts
 SMOOTH_START_CHARS = 7  # the tutorial's smoothed loss starts at 7 characters of a uniform guess: 7 log 27 = 23.07
 
 
@@ -124,17 +126,29 @@ def pad(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def read_names(path: Path, key: str) -> list[str]:
     """The non-blank lines of the UTF-8 file ``path``, stripped and lower-cased; a one-line error otherwise."""
-    accepted = "a UTF-8 text file with one example per line"
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(key, str(path), f"{accepted} (not UTF-8: {error.reason} at byte {error.start})") from None
+        raise ConfigError(key, str(path), f"{TEXT_FILE} (not UTF-8: {error.reason} at byte {error.start})") from None
     except OSError as error:
-        raise ConfigError(key, str(path), f"{accepted} ({error.strerror or type(error).__name__})") from None
+        raise ConfigError(key, str(path), f"{TEXT_FILE} ({error.strerror or type(error).__name__})") from None
+    if (nul := text.find("\0")) >= 0:
+        raise ConfigError(key, str(path), f"{TEXT_FILE} (it is binary: a NUL character at {nul})")
     names = [line.strip().lower() for line in text.splitlines() if line.strip()]
     if not names:
-        raise ConfigError(key, str(path), f"{accepted} (it has none)")
+        raise ConfigError(key, str(path), f"{TEXT_FILE} (it has none)")
     return names
+
+
+def check_fits_in_memory(names: Sequence[str], dtype: np.dtype, path: Path, key: str) -> None:
+    """Refuse names whose padded one-hot inputs (names x longest + 1 x characters) exceed this machine's memory:
+    a file that is one long line, not one example per line, would otherwise be killed by the system."""
+    longest = max(map(len, names)) + 1
+    needed = len(names) * longest * (len(set().union(*names)) + 1) * dtype.itemsize
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        size = f"{len(names)} example(s) of up to {longest} characters need {needed / 2**30:.1f} GiB"
+        raise ConfigError(key, str(path), f"{TEXT_FILE} ({size}, more than this machine's {memory / 2**30:.1f} GiB)")
 
 
 def make_names(config: NamesConfig, rng: np.random.Generator, dtype: np.dtype) -> NamesDataset:
@@ -142,7 +156,10 @@ def make_names(config: NamesConfig, rng: np.random.Generator, dtype: np.dtype) -
     if config.path is None:
         with resources.as_file(resources.files("plugins") / "data" / "dinos.txt") as shipped:
             return NamesDataset(read_names(shipped, "dataset.path"), dtype)
-    return NamesDataset(read_names(Path(config.path), "dataset.path"), dtype)
+    path = Path(config.path)
+    names = read_names(path, "dataset.path")
+    check_fits_in_memory(names, np.dtype(dtype), path, "dataset.path")
+    return NamesDataset(names, dtype)
 
 
 # -- the model and what it writes ---------------------------------------------

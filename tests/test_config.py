@@ -21,7 +21,7 @@ from framework.settings import Settings
         ({"tracking": {"enabled": "yes"}}, "tracking.enabled='yes': expected true or false"),
         (
             {"train": {"stepz": 3}},
-            "train.stepz=3: expected no such option; accepted: steps, batch_size, eval_every, clip_value, clip_norm, "
+            "train.stepz: no such option; accepted: steps, batch_size, eval_every, clip_value, clip_norm, "
             "checkpoint_every",
         ),
     ],

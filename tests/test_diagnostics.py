@@ -162,7 +162,7 @@ def observed(compose):
 def test_diagnostics_change_no_number_of_training(observed):
     """Echo with an LSTM (truncated BPTT, a memory): the same parameters, bit for bit, with diagnostics on and off."""
     common = ("task=echo", "cell=lstm", "train.steps=60", "train.eval_every=0", "dataset.total_length=2000")
-    off, seen_off = observed(*common)
+    off, seen_off = observed(*common, "diagnostics.every=0")
     on, seen_on = observed(*common, "diagnostics.every=1")
     for name, value in off.task.model.params.items():
         np.testing.assert_array_equal(on.task.model.params[name], value, err_msg=name)

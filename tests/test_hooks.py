@@ -318,7 +318,10 @@ def test_hook_framework_run_started(pm, add_plugin, compose):
 def test_hook_framework_metrics(pm, add_plugin, compose):
     recorder, _ = run_recorded(pm, add_plugin, compose, "train.steps=3")
     metrics = [e for e in recorder.events if e[0] == "metrics"]
-    assert metrics == [("metrics", k, ["grad_norm", "loss", "w_rec", "w_x"]) for k in range(3)]
+    flow = ["grad_flow_ratio"]  # diagnostics.every=10: at step 0
+    assert metrics == [
+        ("metrics", k, sorted(["grad_norm", "loss", "w_rec", "w_x", *flow * (k == 0)])) for k in range(3)
+    ]
 
 
 def test_hook_framework_evaluation(pm, add_plugin, compose):
@@ -327,7 +330,7 @@ def test_hook_framework_evaluation(pm, add_plugin, compose):
     names = ["loss", "test_output", "w_rec", "w_x"]
     assert evaluations == [
         ("evaluation", 2, False, names, []),
-        ("evaluation", 4, True, names, ["cost_surface", "gradient_over_time"]),
+        ("evaluation", 4, True, names, ["cost_surface", "gradient_flow", "gradient_over_time"]),
     ]
     assert math.isfinite(objective)
 

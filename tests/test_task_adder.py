@@ -172,7 +172,8 @@ def test_tracked_run_logs_accuracy_sums_and_figure(cli, default_store):
     assert "after 2000 steps" in artifact("samples/sums.txt")
     table = json.loads(artifact("tables/step_0001000/sums.json"))
     assert table["columns"] == ["a", "b", "a + b", "out", "pred", "true", "error", "right"]
-    assert [p.path for p in default_store.list_artifacts(run_id, "figures")] == ["figures/right_sums.png"]
+    figures = [p.path for p in default_store.list_artifacts(run_id, "figures")]
+    assert figures == ["figures/gradient_flow.png", "figures/right_sums.png"]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,8 @@ def assert_sixteen_complete_children(client: MlflowClient) -> None:
 
 @pytest.mark.slow
 def test_sixteen_jobs_into_a_fresh_embedded_store(cli, store, tmp_path):
+    """16 jobs, 4 at a time, into an embedded store that does not exist yet -> all 16 FINISHED with complete
+    histories, checkpoints and models, in the right experiment, under one parent."""
     result = cli(*SWEEP, f"train.steps={STEPS}", timeout=900)  # ./mlruns does not exist yet
     assert result.returncode == 0, result.stderr
     assert_sixteen_complete_children(store)
@@ -40,6 +42,8 @@ def test_sixteen_jobs_into_a_fresh_embedded_store(cli, store, tmp_path):
 
 @pytest.mark.slow
 def test_sixteen_jobs_into_a_tracking_server(cli, tmp_path):
+    """16 jobs, 4 at a time, into a real tracking server -> the same, nothing in ./mlruns, and the server stopped
+    by its pid leaves no process behind."""
     with mlflow_server(tmp_path / "server") as (uri, server):
         helpers = descendants(server.pid)
         assert helpers, "the server runs its app in worker processes"

@@ -34,6 +34,8 @@ def assert_refused_before_training(result: subprocess.CompletedProcess, tmp_path
 
 
 def test_a_file_in_the_way_of_the_store_folder(cli, tmp_path):
+    """A file where the store's folder ./mlruns should be (an unwritable store) -> exit 1 before the first step,
+    one line naming the store and the folder, no checkpoint."""
     (tmp_path / "mlruns").write_text("not a folder")
     result = cli(*SHORT_RUN)
     database = tmp_path / "mlruns" / "mlflow.db"
@@ -44,6 +46,8 @@ def test_a_file_in_the_way_of_the_store_folder(cli, tmp_path):
 
 @pytest.mark.parametrize("content", [b"garbage, not a database\n" * 10, bytes(range(256)) * 20], ids=["text", "binary"])
 def test_a_store_file_that_is_not_a_database(cli, tmp_path, content):
+    """A store file that is not an SQLite database (corrupt) -> exit 1 before the first step, one line naming the
+    file and what to do, the file left as it was."""
     database = tmp_path / "mlruns" / "mlflow.db"
     database.parent.mkdir()
     database.write_bytes(content)
@@ -58,6 +62,8 @@ def test_a_store_file_that_is_not_a_database(cli, tmp_path, content):
 
 
 def test_a_store_locked_by_another_process(cli, tmp_path, default_store):
+    """A store another process keeps locked -> exit 1 after waiting 5 s, before the first step, one line naming the
+    store, no run created."""
     database = tmp_path / "mlruns" / "mlflow.db"
     with sqlite3.connect(database, isolation_level=None) as holder:
         holder.execute("BEGIN EXCLUSIVE")
@@ -70,6 +76,8 @@ def test_a_store_locked_by_another_process(cli, tmp_path, default_store):
 
 
 def test_a_server_that_does_not_answer(cli, tmp_path):
+    """A tracking server that does not answer -> exit 1 before the first step (of a run or of any job of a sweep),
+    one line naming the server."""
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = cli(*SHORT_RUN, f"tracking.uri={uri}", timeout=60)
     assert_refused_before_training(result, tmp_path, f"cannot reach the tracking server {uri}: Connection refused")
@@ -81,8 +89,8 @@ def test_a_server_that_does_not_answer(cli, tmp_path):
 
 
 def test_a_server_that_dies_mid_run_loses_no_metric(tmp_path):
-    """The server is killed while the run trains: the run fails in one line naming the store and the fallback
-    file, and the steps in the server's database and in the fallback file are every step the run took."""
+    """The tracking server killed while the run trains -> exit 1, one line naming the server and the fallback file;
+    every step the run took is in the server's database or in the fallback file."""
     with mlflow_server(tmp_path / "server") as (uri, server):
         run = subprocess.Popen(
             [

@@ -1,0 +1,112 @@
+"""The command line as Hydra takes it: checked before Hydra composes it, and Hydra's errors in one line.
+
+Hydra reports a bad command line over several lines (an unknown key, an
+unknown option of a group with its list, a parse error with a link) and some
+with a traceback (``--multirun --cfg job``, ``optim=5``). Here the mistakes
+Hydra cannot explain well are refused before it starts, and the errors it
+raises while composing the config become one line naming the key and what is
+accepted, like every other configuration error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from importlib import resources
+
+from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from framework.config import ConfigError, UnknownKeyError
+from framework.registry import KINDS, Registry
+from framework.tracking import one_line
+
+MODES = ("--run", "--multirun", "--cfg", "--info", "--shell-completion")
+
+# Hydra's messages for these mistakes name the override only in their text
+AMBIGUOUS = re.compile(r"Ambiguous value for argument '(?P<override>.*)'")
+ALREADY_SET = re.compile(r"An item is already at '(?P<key>.*)'")
+NOT_THERE = re.compile(r"Could not delete from config\. '(?P<key>.*)' does not exist")
+
+
+class CommandLineError(ValueError):
+    """The command line cannot be composed into a config; ``str()`` is one line."""
+
+
+def check(argv: Sequence[str], registry: Registry) -> None:
+    """Refuse what Hydra would report with a traceback or a list: conflicting modes, and a group
+    (``task``, ``dataset``, ``cell``, ``loss``, ``optim``, ``hydra/...``) given no option, an unknown
+    one, several without ``--multirun``, or removed with ``~``.
+
+    Raises :class:`CommandLineError` or :class:`~framework.config.ConfigError`.
+    """
+    args = get_args_parser().parse_args(list(argv))
+    given = [args.run, args.multirun, args.cfg is not None, args.info is not None, args.shell_completion]
+    if sum(map(bool, given)) > 1:
+        modes = " and ".join(mode for mode, on in zip(MODES, given, strict=True) if on)
+        raise CommandLineError(f"{modes}: give only one of {', '.join(MODES)}")
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except OverrideParseException as error:
+        raise CommandLineError(describe(error)) from None
+    groups = config_groups()
+    for override in parsed:
+        check_choice(override, registry, groups, args.multirun)
+
+
+def config_groups() -> set[str]:
+    """The top-level config groups: those in Hydra's ConfigStore (components, recipes, Hydra's) and conf/'s folders."""
+    stored = {name for name, node in ConfigStore.instance().repo.items() if isinstance(node, dict)}
+    shipped = resources.files("framework.conf").iterdir()
+    return stored | {entry.name for entry in shipped if entry.is_dir() and not entry.name.startswith("_")}
+
+
+def check_choice(override: Override, registry: Registry, groups: set[str], multirun: bool) -> None:
+    """A group's override must name options of that group; other overrides are left to Hydra."""
+    group = override.key_or_group
+    if not group:
+        raise CommandLineError(f"{override.input_line}: expected key=value or group=option")
+    if group.split("/")[0] not in groups:
+        return
+    names = [c.name for c in registry.of_kind(group)] if group in KINDS else None
+    accepted = f"one of: {', '.join(names)}" if names is not None else f"the name of an option of {group}"
+    if override.is_delete():
+        raise CommandLineError(f"~{group}: a run needs its {group}; choose {accepted}")
+    value = override.value()
+    if isinstance(value, Glob):  # the sweeper picks among the group's own options
+        return
+    if override.is_sweep_override() and not multirun:
+        raise CommandLineError(f"{override.input_line}: several options sweep only with --multirun; give {accepted}")
+    for choice in override.sweep_iterator() if override.is_sweep_override() else [value]:
+        if not isinstance(choice, str) or (names is not None and choice not in names):
+            raise ConfigError(group, choice, accepted)
+
+
+def describe(error: CompactHydraException) -> str:
+    """One line for an error Hydra raised composing the config: the key, and what is accepted."""
+    if isinstance(error, OverrideParseException):
+        lines = [line for line in error.message.splitlines() if not line.startswith(("Error parsing", "See https"))]
+        return f"{error.override}: expected key=value or group=option (Hydra cannot parse it: {'; '.join(lines)})"
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return str(ConfigError(group, name, f"one of: {', '.join(error.options)}"))
+    cause = error.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key and cause.parent_node is not None:
+        keys = [str(key) for key in cause.parent_node if key != "hydra"]
+        return str(UnknownKeyError(cause.full_key, None, ", ".join(keys)))
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        return f"{cause.full_key}: {one_line(cause)}"
+    text = str(error)
+    if found := AMBIGUOUS.search(text):
+        override = found["override"]
+        return f"{override}: expected one value (sweep over several with --multirun; write a list as key=[a,b])"
+    if found := ALREADY_SET.search(text):
+        key = found["key"]
+        return f"+{key}: {key} is already set; give {key}=<value> to change it"
+    if found := NOT_THERE.search(text):
+        return f"~{found['key']}: no such option to remove"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
