@@ -395,12 +395,13 @@ def notes() -> list[str]:
         "- training loop (tracking on): the first to the last training step's metric timestamp in MLflow (ms),"
         " metric flushes included; not observable with tracking off.",
         "- startup to first step (on): process start to the first step's metric timestamp (interpreter, imports,"
-        " Hydra, building the run, opening the store, creating the run, params and config, one step);"
+        " Hydra, building the run, checking the store, one step; MLflow loads in the tracking worker meanwhile);"
         " startup to run start (off): process start to the engine's run start.",
         "- A + B + C = wall. A: interpreter, imports, Hydra, building and probing the run. B1: the run-started hooks"
-        " (tracking: `import mlflow`, opening the store, the run, params, config artifacts) and step 1. B3: the"
-        " final evaluation, samples, figures, the MLflow model, the checkpoint and the run's end."
-        " C: after the run: the log line, Hydra, interpreter exit.",
+        " (tracking: checking the store, the first message to the tracking worker) and step 1. B3: the"
+        " final evaluation, samples, figures rendered to PNG, the model's files, the checkpoint, and waiting for"
+        " the tracking worker to record everything and close the run (the 'MLflow model' column is the worker's"
+        " time for the model). C: after the run: the log line, Hydra, interpreter exit.",
         "- tracking overhead: the median wall time with tracking on minus off. In the loop, at least: the tracked"
         " training loop minus the whole untracked engine run (which holds the untracked loop), per metric value"
         " logged: a lower bound on what logging every step costs inside the loop.",

@@ -85,6 +85,16 @@ def requirements() -> list[str]:
     return [f"{DISTRIBUTION}=={__version__}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
+def warm_up() -> None:
+    """Do now what MLflow's first model save in a process does slowly (about 0.3 s): map every installed
+    distribution to its modules, to check the model's requirements. The tracking worker calls this while
+    the run trains; with another MLflow it does nothing."""
+    from mlflow.utils import requirements_utils
+
+    with contextlib.suppress(AttributeError):
+        requirements_utils._init_modules_to_packages_map()
+
+
 def signature_of(folder: Path) -> tuple[pd.DataFrame, ModelSignature]:
     """The example request exported into ``folder`` and the signature inferred from it and its answer."""
     request, answer = read_example(folder)

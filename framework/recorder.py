@@ -251,6 +251,7 @@ def read_messages(stream: IO[bytes], inbox: queue.SimpleQueue, started: threadin
 def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
     """Handle messages until ``end``; input ending early closes the run as KILLED."""
     recorder = Recorder(answers)
+    warmed = False  # the model's logging prepared
     while True:
         message = inbox.get()
         if message is None:
@@ -261,6 +262,11 @@ def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
         if message["op"] == "end":
             answers.send("ended")
             return
+        if not warmed and recorder.run_id is not None and inbox.empty():  # idle while the run trains
+            from framework.models import warm_up
+
+            warm_up()
+            warmed = True
 
 
 def main() -> None:
