@@ -152,7 +152,8 @@ class EncoderDecoder:
     def loss_and_grads(self, batch: Batch, state: State | None) -> StepResult:
         """L on ``batch`` and its gradients; ``state`` (None: 0) is the encoder's initial state.
 
-        ``state_grads`` are dL/dh_k of the encoder's steps then the decoder's, as laid out in the inputs.
+        ``state_grads`` are dL/dh_k of the encoder's steps then the decoder's, as laid out in the inputs
+        (``cell_state_grads`` likewise dL/dc_k, for an LSTM).
         """
         x_enc, x_dec = split(batch)
         y, final, (h_enc, enc_cache, h_dec, dec_cache) = self.outputs(x_enc, x_dec, state)
@@ -163,8 +164,14 @@ class EncoderDecoder:
         grads = {f"readout.{name}": g for name, g in readout_grads.items()}
         grads.update({f"decoder.{name}": g for name, g in dec.params.items()})
         grads.update({f"encoder.{name}": g for name, g in enc.params.items()})
-        state_grads = np.concatenate([enc.states, dec.states], axis=1)
-        return StepResult(loss=loss, grads=grads, state=final, state_grads=state_grads)
+        memories = (enc.cell_states, dec.cell_states)  # an LSTM's dL/dc_k, else None
+        return StepResult(
+            loss=loss,
+            grads=grads,
+            state=final,
+            state_grads=np.concatenate([enc.states, dec.states], axis=1),
+            cell_state_grads=None if any(m is None for m in memories) else np.concatenate(memories, axis=1),
+        )
 
 
 def split(batch: Batch) -> tuple[np.ndarray, np.ndarray]:

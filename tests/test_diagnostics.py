@@ -187,7 +187,7 @@ def test_every_task_and_cell_records_the_flow(observed, task, cell):
     short = {"echo": ("dataset.total_length=200",), "charlm": ("task.samples=1",)}.get(task, ())
     _, seen = observed(f"task={task}", f"cell={cell}", "train.steps=2", "diagnostics.every=1", *short)
     assert all(np.isfinite(seen.metrics[step][RATIO]) for step in (0, 1)), seen.metrics
-    assert (MEMORY_RATIO in seen.metrics[0]) == (cell == "lstm" and task != "seq2seq")
+    assert (MEMORY_RATIO in seen.metrics[0]) == (cell == "lstm")
     assert FIGURE in seen.final.figures
 
 
