@@ -35,11 +35,16 @@ from typing import Any
 import numpy as np
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from framework.checkpoint import CheckpointError
 from framework.cli import fail
+from framework.commandline import describe
 from framework.config import ConfigError
+from framework.engine import IncompatibleError
+from framework.registry import PluginError
 from framework.tracking import (
     DIRECTION_TAG,
     OBJECTIVE_TAG,
@@ -91,6 +96,32 @@ def sweep_experiments(config: DictConfig) -> list[str]:
         or [config.hydra.runtime.choices.task]
     )
     return list(dict.fromkeys(names))
+
+
+def first_job(overrides: Sequence[str]) -> list[str]:
+    """The overrides of a sweep's first job: each discrete sweep (``a=1,2``, ``range(3)``, ``choice(...)``)
+    at its first value; the other sweeps (intervals, a sweeper's own) left to their defaults."""
+    job = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            job.append(override.input_line)
+        elif override.is_discrete_sweep():
+            job.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
+    return job
+
+
+def check_first_job(config: DictConfig) -> None:
+    """Compose and build the sweep's first job (nothing trains, nothing is recorded), so that a config
+    no job can run (an unknown key, a bad value common to all) is refused before anything starts.
+
+    Raises what :func:`framework.engine.build` raises, or Hydra's composition errors.
+    """
+    from hydra import compose
+
+    from framework import engine, plugins
+
+    job = compose(config_name=config.hydra.job.config_name, overrides=first_job(config.hydra.overrides.task))
+    engine.build(job, plugins.manager())
 
 
 def children_of(parent: Parent) -> list[Any]:
@@ -315,8 +346,11 @@ class SweepRecorder(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self.plot = SweepPlot.parse(self.plot_node)
-        except ConfigError as error:
+            check_first_job(config)
+        except (ConfigError, PluginError, IncompatibleError, CheckpointError) as error:
             fail(error, 2)
+        except CompactHydraException as error:  # Hydra would only warn about a callback's exception
+            fail(describe(error), 2)
         if not config.tracking.enabled:
             return
         sweep_id = uuid.uuid4().hex

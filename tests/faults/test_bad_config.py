@@ -246,3 +246,22 @@ def test_command_lines_hydra_cannot_compose_are_refused_in_one_line(args, line):
     """Command lines Hydra itself rejects (parse errors, conflicting modes, a sweep without --multirun, a group removed,
     an unresolvable interpolation) -> exit 2, one line naming the override and what is accepted, no MLflow run."""
     check_refused(Case(args, line))
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("--multirun", "train.stepz=1,2", "seed=0,1"), "train.stepz: no such option; accepted: "),
+        (("--multirun", "seed=0,1", "train.steps=-1"), "train.steps=-1: expected an integer >= 1"),
+    ],
+    ids=["unknown key", "bad value"],
+)
+def test_a_sweep_no_job_can_run_is_refused_before_it_starts(args, line):
+    """A sweep whose every job has the same bad key or value -> exit 2 before any job starts, one line naming the
+    key, no parent run and no job folder."""
+    with tempfile.TemporaryDirectory(prefix="bad-sweep-") as launch_dir:
+        result = framework(*args, cwd=Path(launch_dir))
+        assert result.returncode == 2, result.stderr
+        assert one_line(result.stderr).startswith(f"framework: error: {line}")
+        assert not (Path(launch_dir) / "mlruns").exists()  # no parent run, no store at all
+        assert not (Path(launch_dir) / "multirun").exists()  # no job started
