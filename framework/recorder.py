@@ -152,6 +152,8 @@ class Recorder:
         if run["resume"]:
             client.update_run(run["resume"], status="RUNNING")
             client.set_tag(run["resume"], PROCESS_TAG, process_tag())  # this worker closes it now
+            if "error" in client.get_run(run["resume"]).data.tags:  # why it stopped before: no longer true
+                client.delete_tag(run["resume"], "error")
             self.client, self.run_id = client, run["resume"]
         else:
             self.client = client

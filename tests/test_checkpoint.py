@@ -218,6 +218,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cli, default_sto
     assert result.returncode == 0, result.stderr
     resumed = default_store.get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED"
+    assert "error" not in resumed.data.tags  # why it was KILLED is no longer true
     steps = sorted({m.step for m in default_store.get_metric_history(killed.info.run_id, "grad_norm")})
     assert steps == list(range(6000))  # the metrics continue at the right step numbers
     expected = final_params(default_store, runs["whole"].info.run_id, tmp_path / "whole")

@@ -135,5 +135,7 @@ def test_a_run_killed_with_its_worker_is_cleaned_up_then_resumed(cli, install_pl
 
     result = cli(f"resume={killed.info.run_id}")  # unpaced: the observer is not part of the run
     assert result.returncode == 0, result.stderr
-    assert default_store.get_run(killed.info.run_id).info.status == "FINISHED"
+    resumed = default_store.get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert "error" not in resumed.data.tags  # cleanup's reason went with the resume
     assert steps_of(default_store, killed.info.run_id, "grad_norm") == list(range(steps))
