@@ -38,11 +38,13 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def start_time(pid: int) -> str:
-    """When process ``pid`` started, in clock ticks after boot (Linux's /proc); '' if unknown or no such process."""
+    """When process ``pid`` started, in clock ticks after boot (Linux's /proc); '' if unknown, no such process,
+    or a process that has ended and waits to be reaped (a zombie)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return ""
+    return "" if len(fields) < 20 or fields[0] == "Z" else fields[19]
 
 
 def process_tag(pid: int | None = None) -> str:
