@@ -24,7 +24,6 @@ import argparse
 import os
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -151,17 +150,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``python -m framework cleanup ARGS...``; returns the exit code."""
-    from framework.tracking import TrackingError, one_line, resolve_uri
+    from framework.tracking import TrackingError, one_line, print_error, resolve_uri
 
     args = parser().parse_args(argv)
     uri = resolve_uri(args.uri, Path.cwd())
     try:
         marked = cleanup(uri, args.experiment, args.older_than, args.dry_run)
     except TrackingError as error:
-        print(f"framework: error: {error}", file=sys.stderr)
+        print_error(error)
         return 1
     except Exception as error:  # the store failing: one line naming it
-        print(f"framework: error: cannot clean up {uri}: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
+        print_error(f"cannot clean up {uri}: {type(error).__name__}: {one_line(error)}")
         return 1
     print(f"{marked} run(s) {'would be ' if args.dry_run else ''}marked FAILED in {uri}")
     return 0

@@ -28,7 +28,7 @@ from framework import commandline, engine, plugins
 from framework.checkpoint import CheckpointError
 from framework.config import ConfigError
 from framework.registry import PluginError
-from framework.tracking import TrackingError, one_line
+from framework.tracking import TrackingError, one_line, print_error
 
 
 class JobFailedError(CompactHydraException):
@@ -37,7 +37,7 @@ class JobFailedError(CompactHydraException):
 
 def fail(message: object, code: int) -> NoReturn:
     """Print ``framework: error: <message>`` (one line) and exit with ``code``."""
-    print(f"framework: error: {message}", file=sys.stderr)
+    print_error(message)
     raise SystemExit(code)
 
 
@@ -48,7 +48,7 @@ def fail_job(message: object, code: int) -> NoReturn:
     """
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         fail(message, code)
-    print(f"framework: error: job {HydraConfig.get().job.num}: {message}", file=sys.stderr)
+    print_error(f"job {HydraConfig.get().job.num}: {message}")
     raise JobFailedError(str(message)) from None
 
 

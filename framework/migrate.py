@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import os
 import sqlite3
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from framework.tracking import (
     connect,
     one_line,
     pages,
+    print_error,
     resolve_uri,
     sqlite_path,
 )
@@ -318,15 +318,12 @@ def main(argv: list[str]) -> int:
     try:
         migrate(source, target, args.experiment, echo)
     except (MigrationError, TrackingError) as error:
-        print(f"framework: error: {error}", file=sys.stderr)
+        print_error(error)
         return 1
     except KeyboardInterrupt:
-        print("framework: error: interrupted; run the same command again to copy the rest", file=sys.stderr)
+        print_error("interrupted; run the same command again to copy the rest")
         return 130
     except Exception as error:  # the source store failing: one line naming it
-        print(
-            f"framework: error: cannot migrate {source} to {target}: {type(error).__name__}: {one_line(error)}",
-            file=sys.stderr,
-        )
+        print_error(f"cannot migrate {source} to {target}: {type(error).__name__}: {one_line(error)}")
         return 1
     return 0

@@ -170,6 +170,11 @@ def check_store(uri: str, wait: float = 5.0) -> None:
         ) from None
 
 
+def print_error(message: object) -> None:
+    """Print ``framework: error: <message>`` on standard error: the one line of every failure a user sees."""
+    print(f"framework: error: {message}", file=sys.stderr)
+
+
 def one_line(error: BaseException) -> str:
     """The first line of an exception's message."""
     return (str(error).splitlines() or [""])[0]
