@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
 from framework import checkpoint, plugins, seeding
+from framework.allocator import keep_freed_memory
 from framework.config import ConfigError
 from framework.config import build as build_config
 from framework.diagnostics import FlowRecorder
@@ -135,6 +136,7 @@ def build(
     """
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     settings: Settings = build_config(Settings, config, ignore=KINDS)
+    keep_freed_memory()  # every step reuses the previous step's arrays instead of faulting in fresh pages
     chosen = {kind: choose(pm, kind, config) for kind in KINDS}
     rng = seeding.RandomStreams(settings.seed)
     dtype = np.dtype(settings.dtype)

@@ -98,7 +98,7 @@ def check_cell(cell: Cell, x: np.ndarray, state: object, rng: np.random.Generato
     state_parts = {f"state[{i}]": s for i, s in enumerate(_parts(state))}
     d_state_parts = {f"state[{i}]": d for i, d in enumerate(_parts(grads.state))}
     return check_gradients(
-        f, {**cell.params, "x": x, **state_parts}, {**grads.params, "x": grads.inputs, **d_state_parts}
+        f, {**cell.params, "x": x, **state_parts}, {**grads.params, "x": grads.input_grads(), **d_state_parts}
     )
 
 

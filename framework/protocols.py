@@ -38,10 +38,16 @@ class CellGradients:
     """What a cell's backward pass returns."""
 
     params: Params  # dL/dtheta for each of the cell's parameters
-    inputs: np.ndarray  # dL/dx_k: (B, T, I)
+    # dL/dx_k: (B, T, I), or a function that computes it when asked (the built-in cells defer it,
+    # since a model whose inputs are data never needs it); read it with input_grads()
+    inputs: np.ndarray | Callable[[], np.ndarray]
     state: State  # dL/ds_0, the gradient of the initial state
     states: np.ndarray  # dL/dh_k for every step k = 1..T: (B, T, H), the gradient flowing back in time
     cell_states: np.ndarray | None = None  # dL/dc_k likewise, for cells with a memory c (LSTM)
+
+    def input_grads(self) -> np.ndarray:
+        """dL/dx_k (B, T, I), computed now if the cell deferred it."""
+        return self.inputs() if callable(self.inputs) else self.inputs
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def parity_errors(case: str, bias: bool) -> dict[str, float]:
     for ours, theirs in names(cell).items():
         grad = getattr(module, theirs).grad
         pairs[f"d{ours}"] = (grads.params[ours], grad.T if grad.ndim == 2 else grad)
-    pairs["dx"] = (grads.inputs, x_t.grad)
+    pairs["dx"] = (grads.input_grads(), x_t.grad)
     grad_parts = grads.state if isinstance(grads.state, tuple) else (grads.state,)
     for k, (ours, theirs) in enumerate(zip(grad_parts, state_t, strict=True)):
         pairs[f"dstate[{k}]"] = (ours, theirs.grad[0])

@@ -64,6 +64,45 @@ ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], object], Callabl
     "relu": (lambda z, out: np.maximum(z, 0.0, out=out), lambda h: (h > 0).astype(h.dtype)),
 }
 
+# The cells work time-major inside: a sequence of (B, T, .) arrives and leaves batch-major, as the
+# models and losses see it, while every array a cell keeps per step is (T, B, .), so that step t is
+# one contiguous block for its matmul and element-wise work (a strided (B, .) slice of a (B, T, .)
+# array costs up to three times as much per element-wise operation, measured at B=32, 4H=1024).
+
+
+def time_major(x: np.ndarray) -> np.ndarray:
+    """(B, T, ...) -> contiguous (T, B, ...)."""
+    return np.ascontiguousarray(x.swapaxes(0, 1))
+
+
+def batch_major(steps: np.ndarray) -> np.ndarray:
+    """(T, B, ...) -> contiguous (B, T, ...)."""
+    return np.ascontiguousarray(steps.swapaxes(0, 1))
+
+
+def project(x_steps: np.ndarray, W: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
+    """out = x W + b for every step in one matmul: x (T, B, I) -> out (T, B, G)."""
+    np.matmul(x_steps.reshape(-1, x_steps.shape[-1]), W, out=out.reshape(-1, W.shape[1]))
+    if b is not None:
+        out += b
+
+
+def with_initial(state: np.ndarray, steps: int) -> np.ndarray:
+    """An empty (T + 1, B, H) array whose [0] is ``state``: [t] will hold s_t, [:-1] the previous states."""
+    held = np.empty((steps + 1, *state.shape), dtype=state.dtype)
+    held[0] = state
+    return held
+
+
+def weight_grad(inputs: np.ndarray, d_out: np.ndarray) -> np.ndarray:
+    """dW = sum over steps and batch of inputs^T d_out: (T, B, I), (T, B, G) -> (I, G)."""
+    return inputs.reshape(-1, inputs.shape[-1]).T @ d_out.reshape(-1, d_out.shape[-1])
+
+
+def input_grads(d_pre: np.ndarray, W: np.ndarray) -> Callable[[], np.ndarray]:
+    """dL/dx = d_pre W^T, batch-major (B, T, I), computed when asked (a model whose inputs are data never asks)."""
+    return lambda: batch_major(d_pre @ W.T)
+
 
 class ElmanCell:
     """h_t = f(x_t Wx + h_{t-1} Wh + b)."""
@@ -93,43 +132,36 @@ class ElmanCell:
 
     def forward(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        z = x @ Wx  # input projections of every step in one matmul: (B, T, H)
-        if "b" in self.params:
-            z += self.params["b"]
-        h = np.empty_like(z)
-        h_prev = state
-        for t in range(x.shape[1]):
-            z_t = z[:, t]
-            z_t += h_prev @ Wh
-            h_prev = h[:, t]
-            self.f(z_t, h_prev)
-        return h, h_prev, (x, state, h)
+        Wh = self.params["Wh"]
+        x_steps = time_major(x)
+        h = with_initial(state, x.shape[1])  # h[t] = h_t, h[0] = h_0
+        project(x_steps, self.params["Wx"], self.params.get("b"), out=h[1:])  # z_t, activated in place below
+        recurrent = np.empty_like(state)
+        for t in range(1, h.shape[0]):
+            z_t = h[t]
+            z_t += np.matmul(h[t - 1], Wh, out=recurrent)
+            self.f(z_t, z_t)
+        return batch_major(h[1:]), h[-1], (x_steps, h)
 
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, b, the inputs and h_0 (equations in the module docstring)."""
-        x, h0, h = cache
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        batch, steps, hidden = h.shape
-        slope = self.f_prime(h)  # f'(z_t) of every step at once
-        dz = np.empty_like(h)
-        dh_steps = np.empty_like(h)
-        dh_next = np.zeros_like(h0) if d_state is None else d_state
-        Wh_T = Wh.T
-        for t in range(steps - 1, -1, -1):
-            dh, dz_t = dh_steps[:, t], dz[:, t]
-            np.add(d_outputs[:, t], dh_next, out=dh)  # total dL/dh_t
-            np.multiply(dh, slope[:, t], out=dz_t)
+        x_steps, h = cache
+        Wh_T = self.params["Wh"].T
+        d_out = time_major(d_outputs)
+        dz = self.f_prime(h[1:])  # f'(z_t) of every step at once, times dh_t in place below
+        dh_steps = np.empty_like(dz)
+        dh_next = np.zeros_like(h[0]) if d_state is None else d_state
+        for t in range(dz.shape[0] - 1, -1, -1):
+            dh, dz_t = dh_steps[t], dz[t]
+            np.add(d_out[t], dh_next, out=dh)  # total dL/dh_t
+            dz_t *= dh
             dh_next = dz_t @ Wh_T
-        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
-        dz_flat = dz.reshape(-1, hidden)
-        grads = {
-            "Wx": x.reshape(batch * steps, -1).T @ dz_flat,
-            "Wh": h_prev.reshape(-1, hidden).T @ dz_flat,
-        }
+        grads = {"Wx": weight_grad(x_steps, dz), "Wh": weight_grad(h[:-1], dz)}
         if "b" in self.params:
-            grads["b"] = dz_flat.sum(axis=0)
-        return CellGradients(params=grads, inputs=dz @ Wx.T, state=dh_next, states=dh_steps)
+            grads["b"] = dz.sum(axis=(0, 1))
+        return CellGradients(
+            params=grads, inputs=input_grads(dz, self.params["Wx"]), state=dh_next, states=batch_major(dh_steps)
+        )
 
 
 class LSTMCell:
@@ -153,6 +185,12 @@ class LSTMCell:
         if bias:
             b = self.params["b"] = np.zeros(4 * H, dtype=dtype)
             b[H : 2 * H] = forget_bias  # the f block
+        # sigmoid(a) = (1 + tanh(a / 2)) / 2 for i, f, o and tanh(a) for g: one tanh for all four gates,
+        # between a scaling by (1/2, 1/2, 1, 1/2) and an affine map with these halves and offsets
+        self.halves = np.full(4 * H, 0.5, dtype=dtype)
+        self.halves[2 * H : 3 * H] = 1.0
+        self.offsets = np.full(4 * H, 0.5, dtype=dtype)
+        self.offsets[2 * H : 3 * H] = 0.0
 
     def zero_state(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """s_0 = (h_0, c_0) = (0, 0): two (B, H) arrays."""
@@ -163,68 +201,62 @@ class LSTMCell:
         self, x: np.ndarray, state: tuple[np.ndarray, np.ndarray]
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple]:
         """h_t for t = 1..T from x (B, T, I) and (h_0, c_0) = ``state``; the final state is (h_T, c_T)."""
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        H = self.hidden_size
-        gates = x @ Wx  # input projections of every step in one matmul: (B, T, 4H), activated in place below
-        if "b" in self.params:
-            gates += self.params["b"]
-        h = np.empty((*gates.shape[:2], H), dtype=gates.dtype)
-        c = np.empty_like(h)
-        tanh_c = np.empty_like(h)
-        h_prev, c_prev = state
-        for t in range(x.shape[1]):
-            a = gates[:, t]
-            a += h_prev @ Wh
+        Wh, halves, offsets = self.params["Wh"], self.halves, self.offsets
+        H, steps = self.hidden_size, x.shape[1]
+        x_steps = time_major(x)
+        h, c = with_initial(state[0], steps), with_initial(state[1], steps)  # [t] = h_t, c_t; [0] = h_0, c_0
+        gates = np.empty((steps, x.shape[0], 4 * H), dtype=Wh.dtype)  # a_t, activated in place below
+        project(x_steps, self.params["Wx"], self.params.get("b"), out=gates)
+        tanh_c = np.empty_like(h[1:])
+        recurrent, ig = np.empty((x.shape[0], 4 * H), dtype=Wh.dtype), np.empty_like(state[1])
+        for t in range(steps):
+            a = gates[t]
+            a += np.matmul(h[t], Wh, out=recurrent)
+            a *= halves
+            np.tanh(a, out=a)
+            a *= halves
+            a += offsets  # i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g)
             i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            g *= 2.0
-            sigmoid(a, out=a)  # i, f, o; and g = tanh(a_g) = 2 sigmoid(2 a_g) - 1, below: one call for all four
-            g *= 2.0
-            g -= 1.0
-            c_t, tanh_t = c[:, t], tanh_c[:, t]
-            np.multiply(f, c_prev, out=c_t)
-            c_t += i * g
-            np.tanh(c_t, out=tanh_t)
-            c_prev, h_prev = c_t, np.multiply(o, tanh_t, out=h[:, t])
-        return h, (h_prev, c_prev), (x, state, gates, c, tanh_c, h)
+            c_t = np.multiply(f, c[t], out=c[t + 1])
+            c_t += np.multiply(i, g, out=ig)
+            np.multiply(o, np.tanh(c_t, out=tanh_c[t]), out=h[t + 1])
+        return batch_major(h[1:]), (h[-1], c[-1]), (x_steps, gates, h, c, tanh_c)
 
     def backward(
         self, cache: tuple, d_outputs: np.ndarray, d_state: tuple[np.ndarray, np.ndarray] | None
     ) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, b, the inputs, (h_0, c_0), and dL/dc_k (equations in the module docstring)."""
-        x, (h0, c0), gates, c, tanh_c, h = cache
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        batch, steps, H = h.shape
+        x_steps, gates, h, c, tanh_c = cache
+        Wh_T = self.params["Wh"].T
+        steps, batch, H = tanh_c.shape
         i, f, g, o = (gates[..., k * H : (k + 1) * H] for k in range(4))
-        c_prev = np.concatenate([c0[:, None], c[:, :-1]], axis=1)
+        d_out = time_major(d_outputs)
         # the factors of the gate gradients that do not depend on dc_t or dh_t, for every step at once
-        by_dc = np.stack([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g)], axis=2)  # (B, T, 3, H)
+        by_dc = np.stack([g * i * (1.0 - i), c[:-1] * f * (1.0 - f), i * (1.0 - g * g)], axis=2)  # (T, B, 3, H)
         o_by_dh = tanh_c * o * (1.0 - o)
         dc_by_dh = o * (1.0 - tanh_c * tanh_c)
         da = np.empty_like(gates)  # dL/da_t, the gate pre-activations
-        da_blocks = da.reshape(batch, steps, 4, H)
-        dh_steps = np.empty_like(h)
-        dc_steps = np.empty_like(h)
-        dh_next, dc_next = (np.zeros_like(h0), np.zeros_like(c0)) if d_state is None else d_state
-        Wh_T = Wh.T
+        da_blocks = da.reshape(steps, batch, 4, H)
+        dh_steps, dc_steps = np.empty_like(tanh_c), np.empty_like(tanh_c)
+        dh_next, dc_next = (np.zeros_like(h[0]), np.zeros_like(c[0])) if d_state is None else d_state
         for t in range(steps - 1, -1, -1):
-            dh, dc = dh_steps[:, t], dc_steps[:, t]
-            np.add(d_outputs[:, t], dh_next, out=dh)
-            np.multiply(dh, dc_by_dh[:, t], out=dc)
+            dh, dc = dh_steps[t], dc_steps[t]
+            np.add(d_out[t], dh_next, out=dh)
+            np.multiply(dh, dc_by_dh[t], out=dc)
             dc += dc_next
-            np.multiply(dc[:, None], by_dc[:, t], out=da_blocks[:, t, :3])  # da_i, da_f, da_g
-            np.multiply(dh, o_by_dh[:, t], out=da_blocks[:, t, 3])  # da_o
-            dc_next = dc * f[:, t]
-            dh_next = da[:, t] @ Wh_T
-        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
-        da_flat = da.reshape(-1, 4 * H)
-        grads = {
-            "Wx": x.reshape(batch * steps, -1).T @ da_flat,
-            "Wh": h_prev.reshape(-1, H).T @ da_flat,
-        }
+            np.multiply(dc[:, None], by_dc[t], out=da_blocks[t, :, :3])  # da_i, da_f, da_g
+            np.multiply(dh, o_by_dh[t], out=da_blocks[t, :, 3])  # da_o
+            dc_next = dc * f[t]
+            dh_next = da[t] @ Wh_T
+        grads = {"Wx": weight_grad(x_steps, da), "Wh": weight_grad(h[:-1], da)}
         if "b" in self.params:
-            grads["b"] = da_flat.sum(axis=0)
+            grads["b"] = da.sum(axis=(0, 1))
         return CellGradients(
-            params=grads, inputs=da @ Wx.T, state=(dh_next, dc_next), states=dh_steps, cell_states=dc_steps
+            params=grads,
+            inputs=input_grads(da, self.params["Wx"]),
+            state=(dh_next, dc_next),
+            states=batch_major(dh_steps),
+            cell_states=batch_major(dc_steps),
         )
 
 
@@ -255,60 +287,61 @@ class GRUCell:
 
     def forward(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        H = self.hidden_size
-        gates = x @ Wx  # u_t of every step in one matmul: (B, T, 3H), turned into r, z, n in place below
-        if "bx" in self.params:
-            gates += self.params["bx"]
-        h = np.empty((*gates.shape[:2], H), dtype=gates.dtype)
-        v_n = np.empty_like(h)  # h_{t-1} W_hn + b_hn, which r multiplies
-        h_prev = state
-        for t in range(x.shape[1]):
-            a = gates[:, t]
-            v = h_prev @ Wh
-            if "bh" in self.params:
-                v += self.params["bh"]
-            a[:, : 2 * H] = sigmoid(a[:, : 2 * H] + v[:, : 2 * H])  # r, z
+        Wh, bh = self.params["Wh"], self.params.get("bh")
+        H, steps = self.hidden_size, x.shape[1]
+        x_steps = time_major(x)
+        h = with_initial(state, steps)  # h[t] = h_t, h[0] = h_0
+        gates = np.empty((steps, x.shape[0], 3 * H), dtype=Wh.dtype)  # u_t, turned into r, z, n in place below
+        project(x_steps, self.params["Wx"], self.params.get("bx"), out=gates)
+        v = np.empty_like(gates)  # v_t = h_{t-1} Wh + bh; r multiplies its n block
+        for t in range(steps):
+            a, v_t = gates[t], v[t]
+            np.matmul(h[t], Wh, out=v_t)
+            if bh is not None:
+                v_t += bh
+            rz, n = a[:, : 2 * H], a[:, 2 * H :]
+            rz += v_t[:, : 2 * H]
+            sigmoid(rz, out=rz)  # r, z
             r, z = a[:, :H], a[:, H : 2 * H]
-            v_n[:, t] = v[:, 2 * H :]
-            n = a[:, 2 * H :] = np.tanh(a[:, 2 * H :] + r * v[:, 2 * H :])
-            h_prev = h[:, t] = n + z * (h_prev - n)
-        return h, h_prev, (x, state, gates, v_n, h)
+            n += np.multiply(r, v_t[:, 2 * H :], out=h[t + 1])
+            np.tanh(n, out=n)
+            h_t = np.subtract(h[t], n, out=h[t + 1])
+            h_t *= z
+            h_t += n
+        return batch_major(h[1:]), h[-1], (x_steps, gates, v[..., 2 * H :], h)
 
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, bx, bh, the inputs and h_0 (equations in the module docstring)."""
-        x, h0, gates, v_n, h = cache
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        batch, steps, H = h.shape
+        x_steps, gates, v_n, h = cache
+        Wh_T = self.params["Wh"].T
+        steps, H = v_n.shape[0], self.hidden_size
         r, z, n = (gates[..., k * H : (k + 1) * H] for k in range(3))
-        h_prev = np.concatenate([h0[:, None], h[:, :-1]], axis=1)
+        d_out = time_major(d_outputs)
         # the factors that do not depend on dh_t, for every step at once
         du_by_dh = (1.0 - z) * (1.0 - n * n)
         dvr_by_du = v_n * r * (1.0 - r)
-        dvz_by_dh = (h_prev - n) * z * (1.0 - z)
+        dvz_by_dh = (h[:-1] - n) * z * (1.0 - z)
+        du = np.empty_like(gates)  # dL/du_t; its r and z blocks are dv_r and dv_z
         dv = np.empty_like(gates)  # dL/dv_t, the hidden projections
-        du_n = np.empty_like(h)  # dL/du_n; du_r = dv_r and du_z = dv_z
-        dh_steps = np.empty_like(h)
-        dh_next = np.zeros_like(h0) if d_state is None else d_state
-        Wh_T = Wh.T
+        dh_steps = np.empty_like(v_n)
+        dh_next = np.zeros_like(h[0]) if d_state is None else d_state
         for t in range(steps - 1, -1, -1):
-            dh, du, dv_t = dh_steps[:, t], du_n[:, t], dv[:, t]
-            np.add(d_outputs[:, t], dh_next, out=dh)
-            np.multiply(dh, du_by_dh[:, t], out=du)
-            np.multiply(du, dvr_by_du[:, t], out=dv_t[:, :H])
-            np.multiply(dh, dvz_by_dh[:, t], out=dv_t[:, H : 2 * H])
-            np.multiply(du, r[:, t], out=dv_t[:, 2 * H :])
-            dh_next = dh * z[:, t] + dv_t @ Wh_T
-        du_all = np.concatenate([dv[..., : 2 * H], du_n], axis=-1)  # dL/du_t: (B, T, 3H)
-        du_flat, dv_flat = du_all.reshape(-1, 3 * H), dv.reshape(-1, 3 * H)
-        grads = {
-            "Wx": x.reshape(batch * steps, -1).T @ du_flat,
-            "Wh": h_prev.reshape(-1, H).T @ dv_flat,
-        }
+            dh, du_t, dv_t = dh_steps[t], du[t], dv[t]
+            np.add(d_out[t], dh_next, out=dh)
+            du_n = np.multiply(dh, du_by_dh[t], out=du_t[:, 2 * H :])
+            np.multiply(du_n, dvr_by_du[t], out=du_t[:, :H])
+            np.multiply(dh, dvz_by_dh[t], out=du_t[:, H : 2 * H])
+            dv_t[:, : 2 * H] = du_t[:, : 2 * H]
+            np.multiply(du_n, r[t], out=dv_t[:, 2 * H :])
+            dh_next = dh * z[t]
+            dh_next += dv_t @ Wh_T
+        grads = {"Wx": weight_grad(x_steps, du), "Wh": weight_grad(h[:-1], dv)}
         if "bx" in self.params:
-            grads["bx"] = du_flat.sum(axis=0)
-            grads["bh"] = dv_flat.sum(axis=0)
-        return CellGradients(params=grads, inputs=du_all @ Wx.T, state=dh_next, states=dh_steps)
+            grads["bx"] = du.sum(axis=(0, 1))
+            grads["bh"] = dv.sum(axis=(0, 1))
+        return CellGradients(
+            params=grads, inputs=input_grads(du, self.params["Wx"]), state=dh_next, states=batch_major(dh_steps)
+        )
 
 
 @dataclass
