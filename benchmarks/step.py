@@ -10,12 +10,14 @@ clipping by global norm and the optimizer update. For every configuration it is 
   and the matching ``torch.optim`` optimizer (SGD, Adagrad, ...), starting from our initial weights;
 * torch cells: the same with an explicit Python loop over ``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell``.
 
-The three are stepped alternately (ours, module, cells, ours, module, cells, ...) on the same cycle of
-batches, after a warm-up, with the same number of threads (numpy's BLAS through threadpoolctl, torch
-through ``torch.set_num_threads``); the table gives the median step of each as steps/s, the speed ratio
-ours/torch (> 1: we are faster), and the matmul GFLOP/s achieved (FLOPs counted analytically, see
-:func:`matmul_flops`) with its share of this machine's matmul peak, measured in the same run (the best
-numpy GEMM of ``--peak-size`` square matrices, same dtype and threads).
+The three are stepped alternately in blocks (10 steps of ours, 10 of the module, 10 of the cells, 10
+of ours, ...; one step per block for the large configurations) on the same cycle of batches, after a
+warm-up, each step timed (see :func:`time_alternately` for why blocks), with the same number of
+threads (numpy's BLAS through threadpoolctl, torch through ``torch.set_num_threads``); the table gives
+the median step of each as steps/s, the speed ratio ours/torch (> 1: we are faster), and the matmul
+GFLOP/s achieved (FLOPs counted analytically, see :func:`matmul_flops`) with its share of this
+machine's matmul peak, measured in the same run (the best numpy GEMM of ``--peak-size`` square
+matrices, same dtype and threads).
 
 Configurations: the tutorials (adder, charlm, echo), a large char-RNN (65 -> 256 -> 65, 100 steps,
 batch 32) with the tanh cell, the LSTM and the GRU, and two scaling series (hidden size at 50 steps,
@@ -84,6 +86,7 @@ class Budget:
     seconds: float
     min_rounds: int
     max_rounds: int
+    block: int = 1  # consecutive steps of one implementation between switches
 
 
 @dataclass(frozen=True)
@@ -454,7 +457,14 @@ def check_same_loss(run: engine.Run, batch: Batch, twins: Sequence[Torch]) -> No
 
 
 def time_alternately(steps: dict[str, Callable[[], Any]], budget: Budget) -> tuple[dict[str, float], int]:
-    """Median seconds per step of each callable, stepped in turn (A B C A B C ...) after a warm-up; and the rounds."""
+    """Median seconds per step of each callable, in alternating blocks (A*k B*k C*k A*k ...) after a warm-up.
+
+    k = ``budget.block`` consecutive steps of one implementation, each timed: a training loop runs its
+    own steps back to back, with its code and data in the caches, while a step run right after another
+    implementation's starts cold (measured: our adder step at batch 1 takes 96 us interleaved one by
+    one with torch's, 51 us in blocks). Alternating the blocks still spreads any drift of the machine
+    over all implementations alike. Returns the medians and the rounds (one round: a block of each).
+    """
     start = time.perf_counter()
     rounds = 0
     while rounds < budget.warmup_rounds or (
@@ -469,9 +479,10 @@ def time_alternately(steps: dict[str, Callable[[], Any]], budget: Budget) -> tup
     rounds = 0
     while rounds < budget.max_rounds and (rounds < budget.min_rounds or time.perf_counter() - start < budget.seconds):
         for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(budget.block):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
         rounds += 1
     return {name: statistics.median(values) for name, values in times.items()}, rounds
 
@@ -632,9 +643,9 @@ def configurations(quick: bool) -> list[Spec]:
 def budgets(quick: bool) -> dict[str, Budget]:
     """Timing budgets by configuration size."""
     if quick:
-        tiny = Budget(0.0, 2, 0.05, 3, 20)
+        tiny = Budget(0.0, 2, 0.05, 3, 20, block=2)
         return {"small": tiny, "large": tiny}
-    return {"small": Budget(0.5, 5, 4.0, 20, 5000), "large": Budget(1.0, 2, 4.0, 5, 2000)}
+    return {"small": Budget(0.5, 5, 4.0, 20, 500, block=10), "large": Budget(1.0, 2, 4.0, 5, 2000)}
 
 
 def row(r: Result, peak: float) -> str:

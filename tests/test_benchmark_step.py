@@ -45,7 +45,7 @@ def test_quick_run_prints_every_configuration_and_the_plot(tmp_path: Path) -> No
             )
             assert re.search(pattern, out, re.MULTILINE), f"no row for {config} {dtype}:\n{out}"
     for dtype in ("float32", "float64"):
-        overhead = rf"^\| large rnn \| {dtype}( \| {NUMBER}){{5}} \| {NUMBER}% \| [0-9.e+-]+ \| \d+ \|$"
+        overhead = rf"^\| large rnn \| {dtype}( \| {NUMBER}){{5}} \| -?{NUMBER}% \| [0-9.e+-]+ \| \d+ \|$"
         assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {dtype}:\n{out}"
     assert plot.is_file() and plot.stat().st_size > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

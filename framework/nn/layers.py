@@ -22,19 +22,21 @@ class Dense:
             self.params["b"] = np.zeros(out_size, dtype=dtype)
 
     def forward(self, h: np.ndarray) -> np.ndarray:
-        """z = h W + b."""
-        z = h @ self.params["W"]
+        """z = h W + b, as one matmul over every leading position."""
+        W = self.params["W"]
+        z = h.reshape(-1, W.shape[0]) @ W  # a (B, T, H) @ (H, K) product would be B separate matmuls
         if "b" in self.params:
             z += self.params["b"]
-        return z
+        return z.reshape(*h.shape[:-1], W.shape[1])
 
     def backward(self, h: np.ndarray, dz: np.ndarray) -> tuple[Params, np.ndarray]:
         """(dL/dW, dL/db), dL/dh from dL/dz and the layer's input h."""
+        W = self.params["W"]
         flat_h, flat_dz = h.reshape(-1, h.shape[-1]), dz.reshape(-1, dz.shape[-1])
         grads = {"W": flat_h.T @ flat_dz}
         if "b" in self.params:
             grads["b"] = flat_dz.sum(axis=0)
-        return grads, dz @ self.params["W"].T
+        return grads, (flat_dz @ W.T).reshape(h.shape)
 
 
 def one_hot(indices: np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
