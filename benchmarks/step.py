@@ -30,6 +30,7 @@ bare numpy loop of the same math (tanh RNN, readout, summed softmax cross-entrop
 clipping, SGD) written inline here, on the large tanh RNN.
 
     python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH] [--peak-size N]
+                              [--only NAME ...]
 
 ``--quick``: tiny sizes and few repeats (the smoke test's, about 10 s). The defaults: both dtypes, 1 thread
 (the framework's own ``threads`` default), the plot in benchmarks/results/scaling.png; a full run takes
@@ -714,10 +715,25 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="threads of numpy's BLAS and of torch (default 1)")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="the scaling plot (PNG)")
     parser.add_argument("--peak-size", type=int, default=None, help="GEMM size of the peak (default 1024; quick 256)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="only the configurations whose name starts with NAME (repeatable), e.g. --only 'large lstm' --only charlm",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    names = [spec.name for spec in configurations(args.quick)]
+    for prefix in args.only or ():
+        if not any(name.startswith(prefix) for name in names):
+            parser.error(f"--only {prefix!r} names no configuration; the configurations: {', '.join(names)}")
     return args
+
+
+def chosen(specs: list[Spec], only: Sequence[str] | None) -> list[Spec]:
+    """The configurations named by ``--only`` (by the start of their names), or all of them."""
+    return [spec for spec in specs if not only or any(spec.name.startswith(prefix) for prefix in only)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -753,23 +769,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(TABLE_HEAD, flush=True)
         budget_of = budgets(args.quick)
-        specs = configurations(args.quick)
+        specs = chosen(configurations(args.quick), args.only)
         for spec in specs:
             for dtype in dtypes:
                 result = bench(spec, dtype, composer, folder, budget_of[spec.budget], args.threads)
                 results.append(result)
                 print(row(result, peaks[dtype]), flush=True)
-        print("\nEngine overhead (large tanh RNN): our engine's step vs a bare numpy loop of the same math.\n")
-        print(
-            "| config | dtype | engine steps/s | bare numpy steps/s | engine ms | bare ms | engine/bare time | "
-            "overhead share of engine step | max weight difference after 1 step | rounds |\n" + "|" + "---|" * 10
-        )
-        large = next(s for s in specs if s.name == "large rnn")
-        for dtype in dtypes:
-            print(engine_overhead(dtype, composer, folder, large, budget_of["large"], args.threads), flush=True)
+        large = [s for s in specs if s.name == "large rnn"]
+        if large:
+            print("\nEngine overhead (large tanh RNN): our engine's step vs a bare numpy loop of the same math.\n")
+            print(
+                "| config | dtype | engine steps/s | bare numpy steps/s | engine ms | bare ms | engine/bare time | "
+                "overhead share of engine step | max weight difference after 1 step | rounds |\n" + "|" + "---|" * 10
+            )
+            for dtype in dtypes:
+                print(engine_overhead(dtype, composer, folder, large[0], budget_of["large"], args.threads), flush=True)
     composer.close()
-    plot_scaling(results, args.plot)
-    print(f"\nScaling plot: {args.plot}")
+    if any(r.spec.series for r in results):
+        plot_scaling(results, args.plot)
+        print(f"\nScaling plot: {args.plot}")
     print(f"Load average at end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

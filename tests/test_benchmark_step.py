@@ -49,3 +49,16 @@ def test_quick_run_prints_every_configuration_and_the_plot(tmp_path: Path) -> No
         assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {dtype}:\n{out}"
     assert plot.is_file() and plot.stat().st_size > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_runs_the_named_configurations_and_refuses_an_unknown_name(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    command = [sys.executable, str(SCRIPT), "--quick", "--dtype", "float64", "--plot", str(tmp_path / "s.png")]
+    result = subprocess.run([*command, "--only", "echo"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^\| ([a-z]+[^|]*?) \| (?:rnn|lstm|gru) \|", result.stdout, re.MULTILINE)
+    assert rows == ["echo B=5"]
+    assert "Engine overhead" not in result.stdout and not (tmp_path / "s.png").exists()
+    refused = subprocess.run([*command, "--only", "lstm"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert "--only 'lstm' names no configuration; the configurations: adder B=1, adder B=32" in refused.stderr
