@@ -9,7 +9,8 @@ step time here (29.8 ms against 21.2 ms for the tanh RNN, measured with
 benchmarks/step.py). Raising the mmap threshold to its maximum (32 MiB on
 64-bit) and the trim threshold to 1 GiB keeps those arrays in malloc's heap,
 where they are reused. A process keeps the memory of its largest step, which
-it needed anyway.
+it needed anyway, and freed memory up to 1 GiB: about 20 MiB more resident
+memory in the tutorials' default runs (adder 119 against 100 MiB).
 """
 
 from __future__ import annotations
