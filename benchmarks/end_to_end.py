@@ -60,7 +60,7 @@ TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
 LOG_TIME = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
 FINISHED = re.compile(LOG_TIME + r"\[framework\.engine\]\[INFO\] - \S+ finished in ([0-9.]+) s", re.MULTILINE)
-TRACKING_RUN = re.compile(r"\] - Tracking run ([0-9a-f]+)$", re.MULTILINE)
+TRACKING_RUN = re.compile(LOG_TIME + r"\[framework\.tracking\]\[INFO\] - Tracking run ([0-9a-f]+)$", re.MULTILINE)
 MODEL_LOGGED = re.compile(r"\] - Logged the model .* in ([0-9.]+) s")
 STEP_METRIC = "grad_norm"  # logged by every training step, never by an evaluation
 
@@ -106,6 +106,7 @@ class Measure:
     steps: int | None = None  # training steps in MLflow
     values: int | None = None  # metric values logged
     model: float | None = None  # the engine's "Logged the model ... in X s"
+    run_created: float | None = None  # the "Tracking run <id>" line: the tracking worker has created the run
 
     @property
     def run_start(self) -> float:
@@ -176,7 +177,8 @@ def read_tracked(measure: Measure, child: Child, cwd: Path, what: str) -> None:
     found = TRACKING_RUN.search(child.output)
     if found is None:
         fail(f"{what}: no 'Tracking run' line in its output")
-    run_id = found.group(1)
+    run_id = found.group(2)
+    measure.run_created = log_time(found.group(1)) - child.started_at
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
     histories = {key: client.get_metric_history(run_id, key) for key in client.get_run(run_id).data.metrics}
     stamps = [m.timestamp / 1000 - child.started_at for m in histories.get(STEP_METRIC, [])]
@@ -297,6 +299,7 @@ def breakdown_table(results: dict[tuple[str, bool], list[Measure]]) -> str:
         last = None if m.last_step is None else m.run_end - m.last_step
         cells = [share(m.run_start, m.wall), share(m.finished, m.wall), share(first, m.wall), share(m.loop, m.wall)]
         cells += [share(last, m.wall), share(m.model, m.wall), share(m.wall - m.run_end, m.wall)]
+        cells.append(share(m.run_created, m.wall))
         rows.append([task, on_off(tracking), f"{m.wall:.2f}", *cells])
     header = [
         "task",
@@ -309,6 +312,7 @@ def breakdown_table(results: dict[tuple[str, bool], list[Measure]]) -> str:
         "B3: last step → run end",
         "of B3: MLflow model",
         "C: run end → exit",
+        "tracking worker: run created at",
     ]
     return table(header, rows)
 
@@ -401,7 +405,9 @@ def notes() -> list[str]:
         " (tracking: checking the store, the first message to the tracking worker) and step 1. B3: the"
         " final evaluation, samples, figures rendered to PNG, the model's files, the checkpoint, and waiting for"
         " the tracking worker to record everything and close the run (the 'MLflow model' column is the worker's"
-        " time for the model). C: after the run: the log line, Hydra, interpreter exit.",
+        " time for the model). C: after the run: the log line, Hydra, interpreter exit. Run created at: when the"
+        " tracking worker had imported MLflow, opened the store and created the run (its 'Tracking run' line),"
+        " after the process start.",
         "- tracking overhead: the median wall time with tracking on minus off. In the loop, at least: the tracked"
         " training loop minus the whole untracked engine run (which holds the untracked loop), per metric value"
         " logged: a lower bound on what logging every step costs inside the loop.",

@@ -30,9 +30,9 @@ def test_quick_benchmark_times_counting_with_tracking_on_and_off(tmp_path: Path)
     found = re.search(per_task, out, re.MULTILINE)
     assert found, out
     assert int(found.group(2)) > 20 and int(found.group(3)) > 20, out  # a run's memory, not the launcher's floor
-    # where the time goes: A, B, B1, B2, B3, the model and C; without tracking B's parts are not observable
-    assert re.search(rf"^\| counting \| on \| {NUMBER}( \| {SHARE}){{7}} \|$", out, re.MULTILINE), out
-    untracked = rf"^\| counting \| off \| {NUMBER} \| {SHARE} \| {SHARE}( \| –){{4}} \| {SHARE} \|$"
+    # where the time goes: A, B, B1, B2, B3, the model, C and when the worker created the run; untracked: A, B, C
+    assert re.search(rf"^\| counting \| on \| {NUMBER}( \| {SHARE}){{8}} \|$", out, re.MULTILINE), out
+    untracked = rf"^\| counting \| off \| {NUMBER} \| {SHARE} \| {SHARE}( \| –){{4}} \| {SHARE} \| – \|$"
     assert re.search(untracked, out, re.MULTILINE), out
     # the long run, shortened
     assert "task=counting train.steps=200" in out
