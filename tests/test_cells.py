@@ -10,6 +10,7 @@ import pytest
 
 from framework.config import ConfigError, build
 from framework.gradcheck import check_cell
+from framework.nn import cells
 from framework.nn.cells import GRUConfig, LSTMConfig, make_gru, make_lstm
 from framework.plugins import manager
 
@@ -184,4 +185,27 @@ def test_lstm_gradients_with_forget_bias():
     cell.params["b"] += rng.uniform(-0.5, 0.5, cell.params["b"].shape)
     x = rng.standard_normal((2, 5, 3))
     errors = check_cell(cell, x, random_like(cell.zero_state(2), rng), rng)
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.parametrize("span_bytes", [1, 2 * 8 * 5 * B * H])  # spans of 1 step, and of 2 steps (float64)
+def test_lstm_backward_in_spans_of_steps_equals_one_span(monkeypatch, span_bytes):
+    """A long sequence's gate factors are computed a span of steps at a time (cells.FACTOR_BYTES): the gradients
+    are those of one span over every step, and they pass the gradient check."""
+    rng = np.random.default_rng(7)
+    cell = make("lstm", options={"forget_bias": 1.0})
+    x = rng.standard_normal((B, T, I))
+    state = random_like(cell.zero_state(B), rng)
+    d_out = rng.standard_normal((B, T, H))
+    d_final = random_like(state, rng)
+    _, _, whole = run(cell, x, state, d_out, d_final)
+    monkeypatch.setattr(cells, "FACTOR_BYTES", span_bytes)
+    _, _, spans = run(cell, x, state, d_out, d_final)
+    for key, value in whole.params.items():
+        np.testing.assert_array_equal(spans.params[key], value, err_msg=key)
+    np.testing.assert_array_equal(spans.states, whole.states)
+    np.testing.assert_array_equal(spans.cell_states, whole.cell_states)
+    for a, b in zip(spans.state, whole.state, strict=True):
+        np.testing.assert_array_equal(a, b)
+    errors = check_cell(cell, x, state, rng)
     assert max(errors.values()) < 1e-6, errors
