@@ -5,7 +5,7 @@ activations and gradients of every time step: 3 to 13 MiB each for a char-RNN
 of 256 units over 100 steps). glibc's malloc hands arrays above its mmap
 threshold straight back to the kernel when they are freed, so every step pays
 again for fresh zeroed pages: about a quarter of the large configurations'
-step time here (29.8 ms against 21.2 ms for the tanh RNN, measured with
+step time here (29.8 ms against 22.3 ms for the tanh RNN, measured with
 benchmarks/step.py). Raising the mmap threshold to its maximum (32 MiB on
 64-bit) and the trim threshold to 1 GiB keeps those arrays in malloc's heap,
 where they are reused. A process keeps the memory of its largest step, which
