@@ -140,7 +140,14 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> str:
         f"- python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
         f"(cpu capability {torch.backends.cpu.get_cpu_capability()})",
         f"- thread pools: {'; '.join(blas)}",
-        f"- threads: {args.threads} (numpy BLAS via threadpoolctl, torch.set_num_threads)",
+        f"- threads: {args.threads} (numpy BLAS via threadpoolctl, torch.set_num_threads)"
+        + (
+            "; with more than one the ratios are not trustworthy: the implementations slow each other down "
+            "(measured: PyTorch's large LSTM step takes 33.5 ms alone with 2 threads, 71 ms here), probably "
+            "because each library's idle worker threads keep spinning while the other runs"
+            if args.threads > 1
+            else ""
+        ),
         f"- load average at start (1, 5, 15 min): {load}",
     ]
     return "\n".join(lines)
