@@ -731,10 +731,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
-    names = [spec.name for spec in configurations(args.quick)]
+    specs = configurations(args.quick)
     for prefix in args.only or ():
-        if not any(name.startswith(prefix) for name in names):
-            parser.error(f"--only {prefix!r} names no configuration; the configurations: {', '.join(names)}")
+        if not chosen(specs, [prefix]):
+            names = ", ".join(spec.name for spec in specs)
+            parser.error(f"--only {prefix!r} names no configuration; the configurations: {names}")
     return args
 
 

@@ -33,6 +33,14 @@ def random_like(state, rng: np.random.Generator):
     return filled if isinstance(state, tuple) else filled[0]
 
 
+def lstm_problem(rng: np.random.Generator):
+    """An LSTM (forget_bias 1), inputs x, a random initial state, random gradients at the outputs and final state."""
+    cell = make("lstm", options={"forget_bias": 1.0})
+    x = rng.standard_normal((B, T, I))
+    state = random_like(cell.zero_state(B), rng)
+    return cell, x, state, rng.standard_normal((B, T, H)), random_like(state, rng)
+
+
 def run(cell, x, state, d_outputs, d_state):
     h, final, cache = cell.forward(x, state)
     return h, final, cell.backward(cache, d_outputs, d_state)
@@ -154,11 +162,7 @@ def test_two_halves_with_the_state_carried_equal_one_pass(name):
 def test_lstm_cell_state_gradient_is_the_total_gradient_at_c():
     """dL/dc_T = R_c + dL/dh_T * o_T * (1 - tanh^2 c_T), and dL/dc_0 = dL/dc_1 * f_1."""
     rng = np.random.default_rng(4)
-    cell = make("lstm", options={"forget_bias": 1.0})
-    x = rng.standard_normal((B, T, I))
-    state = random_like(cell.zero_state(B), rng)
-    d_out = rng.standard_normal((B, T, H))
-    d_final = random_like(state, rng)
+    cell, x, state, d_out, d_final = lstm_problem(rng)
     _, (h_T, c_T), grads = run(cell, x, state, d_out, d_final)
     assert grads.cell_states is not None
     o_T = h_T / np.tanh(c_T)
@@ -193,11 +197,7 @@ def test_lstm_backward_in_spans_of_steps_equals_one_span(monkeypatch, span_bytes
     """A long sequence's gate factors are computed a span of steps at a time (cells.FACTOR_BYTES): the gradients
     are those of one span over every step, and they pass the gradient check."""
     rng = np.random.default_rng(7)
-    cell = make("lstm", options={"forget_bias": 1.0})
-    x = rng.standard_normal((B, T, I))
-    state = random_like(cell.zero_state(B), rng)
-    d_out = rng.standard_normal((B, T, H))
-    d_final = random_like(state, rng)
+    cell, x, state, d_out, d_final = lstm_problem(rng)
     _, _, whole = run(cell, x, state, d_out, d_final)
     monkeypatch.setattr(cells, "FACTOR_BYTES", span_bytes)
     _, _, spans = run(cell, x, state, d_out, d_final)

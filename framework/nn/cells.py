@@ -74,14 +74,9 @@ ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], object], Callabl
 FACTOR_BYTES = 1024 * 1024  # the LSTM's backward precomputes its gate factors in spans of about this size (L2)
 
 
-def time_major(x: np.ndarray) -> np.ndarray:
-    """(B, T, ...) -> contiguous (T, B, ...)."""
-    return np.ascontiguousarray(x.swapaxes(0, 1))
-
-
-def batch_major(steps: np.ndarray) -> np.ndarray:
-    """(T, B, ...) -> contiguous (B, T, ...)."""
-    return np.ascontiguousarray(steps.swapaxes(0, 1))
+def swap_time_and_batch(a: np.ndarray) -> np.ndarray:
+    """(B, T, ...) <-> (T, B, ...), contiguous: batch-major in, time-major out, and back."""
+    return np.ascontiguousarray(a.swapaxes(0, 1))
 
 
 def project(x_steps: np.ndarray, W: np.ndarray, b: np.ndarray | None, out: np.ndarray) -> None:
@@ -94,6 +89,11 @@ def project(x_steps: np.ndarray, W: np.ndarray, b: np.ndarray | None, out: np.nd
 def recurrent_weights(Wh: np.ndarray) -> np.ndarray:
     """Wh in Fortran order: the (B, H) @ (H, G H) product of every step is up to 25% faster so (float64, H=256)."""
     return np.asfortranarray(Wh)
+
+
+def transposed_recurrent_weights(Wh: np.ndarray) -> np.ndarray:
+    """Wh^T, contiguous: the faster operand of the backward's (B, G H) @ (G H, H) product of every step."""
+    return np.ascontiguousarray(Wh.T)
 
 
 def with_initial(state: np.ndarray, steps: int) -> np.ndarray:
@@ -110,7 +110,7 @@ def weight_grad(inputs: np.ndarray, d_out: np.ndarray) -> np.ndarray:
 
 def input_grads(d_pre: np.ndarray, W: np.ndarray) -> Callable[[], np.ndarray]:
     """dL/dx = d_pre W^T, batch-major (B, T, I), computed when asked (a model whose inputs are data never asks)."""
-    return lambda: batch_major(d_pre @ W.T)
+    return lambda: swap_time_and_batch(d_pre @ W.T)
 
 
 class ElmanCell:
@@ -142,7 +142,7 @@ class ElmanCell:
     def forward(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
         Wh = recurrent_weights(self.params["Wh"])
-        x_steps = time_major(x)
+        x_steps = swap_time_and_batch(x)
         h = with_initial(state, x.shape[1])  # h[t] = h_t, h[0] = h_0
         project(x_steps, self.params["Wx"], self.params.get("b"), out=h[1:])  # z_t, activated in place below
         recurrent = np.empty_like(state)
@@ -150,13 +150,13 @@ class ElmanCell:
             z_t = h[t]
             z_t += np.matmul(h[t - 1], Wh, out=recurrent)
             self.f(z_t, z_t)
-        return batch_major(h[1:]), h[-1], (x_steps, h)
+        return swap_time_and_batch(h[1:]), h[-1], (x_steps, h)
 
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, b, the inputs and h_0 (equations in the module docstring)."""
         x_steps, h = cache
-        Wh_T = np.ascontiguousarray(self.params["Wh"].T)  # the faster operand for the BLAS here
-        d_out = time_major(d_outputs)
+        Wh_T = transposed_recurrent_weights(self.params["Wh"])
+        d_out = swap_time_and_batch(d_outputs)
         dz = self.f_prime(h[1:])  # f'(z_t) of every step at once, times dh_t in place below
         dh_steps = np.empty_like(dz)
         dh_next = np.zeros_like(h[0]) if d_state is None else d_state
@@ -215,7 +215,7 @@ class LSTMCell:
         Wh = recurrent_weights(self.params["Wh"] * halves)
         b = self.params["b"] * halves if "b" in self.params else None
         H, steps = self.hidden_size, x.shape[1]
-        x_steps = time_major(x)
+        x_steps = swap_time_and_batch(x)
         h, c = with_initial(state[0], steps), with_initial(state[1], steps)  # [t] = h_t, c_t; [0] = h_0, c_0
         gates = np.empty((steps, x.shape[0], 4 * H), dtype=Wh.dtype)  # a_t, activated in place below
         project(x_steps, self.params["Wx"] * halves, b, out=gates)
@@ -231,16 +231,16 @@ class LSTMCell:
             c_t = np.multiply(f, c[t], out=c[t + 1])
             c_t += np.multiply(i, g, out=ig)
             np.multiply(o, np.tanh(c_t, out=tanh_c[t]), out=h[t + 1])
-        return batch_major(h[1:]), (h[-1], c[-1]), (x_steps, gates, h, c, tanh_c)
+        return swap_time_and_batch(h[1:]), (h[-1], c[-1]), (x_steps, gates, h, c, tanh_c)
 
     def backward(
         self, cache: tuple, d_outputs: np.ndarray, d_state: tuple[np.ndarray, np.ndarray] | None
     ) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, b, the inputs, (h_0, c_0), and dL/dc_k (equations in the module docstring)."""
         x_steps, gates, h, c, tanh_c = cache
-        Wh_T = np.ascontiguousarray(self.params["Wh"].T)  # the faster operand for the BLAS here
+        Wh_T = transposed_recurrent_weights(self.params["Wh"])
         steps, batch, H = tanh_c.shape
-        d_out = time_major(d_outputs)
+        d_out = swap_time_and_batch(d_outputs)
         da = np.empty_like(gates)  # dL/da_t, the gate pre-activations
         da_blocks = da.reshape(steps, batch, 4, H)
         dh_steps, dc_steps = np.empty_like(tanh_c), np.empty_like(tanh_c)
@@ -306,7 +306,7 @@ class GRUCell:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
         Wh, bh = recurrent_weights(self.params["Wh"]), self.params.get("bh")
         H, steps = self.hidden_size, x.shape[1]
-        x_steps = time_major(x)
+        x_steps = swap_time_and_batch(x)
         h = with_initial(state, steps)  # h[t] = h_t, h[0] = h_0
         gates = np.empty((steps, x.shape[0], 3 * H), dtype=Wh.dtype)  # u_t, turned into r, z, n in place below
         project(x_steps, self.params["Wx"], self.params.get("bx"), out=gates)
@@ -325,15 +325,15 @@ class GRUCell:
             h_t = np.subtract(h[t], n, out=h[t + 1])
             h_t *= z
             h_t += n
-        return batch_major(h[1:]), h[-1], (x_steps, gates, v[..., 2 * H :], h)
+        return swap_time_and_batch(h[1:]), h[-1], (x_steps, gates, v[..., 2 * H :], h)
 
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, bx, bh, the inputs and h_0 (equations in the module docstring)."""
         x_steps, gates, v_n, h = cache
-        Wh_T = np.ascontiguousarray(self.params["Wh"].T)  # the faster operand for the BLAS here
+        Wh_T = transposed_recurrent_weights(self.params["Wh"])
         steps, H = v_n.shape[0], self.hidden_size
         r, z, n = (gates[..., k * H : (k + 1) * H] for k in range(3))
-        d_out = time_major(d_outputs)
+        d_out = swap_time_and_batch(d_outputs)
         # the factors that do not depend on dh_t, for every step at once
         du_by_dh = (1.0 - z) * (1.0 - n * n)
         dvr_by_du = v_n * r * (1.0 - r)
