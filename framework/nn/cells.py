@@ -52,7 +52,7 @@ import numpy as np
 
 from framework.config import ConfigError, param
 from framework.hookspecs import hookimpl
-from framework.nn.functions import sigmoid
+from framework.nn.functions import column_sums, sigmoid
 from framework.nn.init import InitConfig, init_weights
 from framework.protocols import CellGradients
 
@@ -94,6 +94,16 @@ def recurrent_weights(Wh: np.ndarray) -> np.ndarray:
 def transposed_recurrent_weights(Wh: np.ndarray) -> np.ndarray:
     """Wh^T, contiguous: the faster operand of the backward's (B, G H) @ (G H, H) product of every step."""
     return np.ascontiguousarray(Wh.T)
+
+
+def per_row(vector: np.ndarray, batch: int) -> np.ndarray:
+    """The vector repeated for every row of a batch, (G,) -> (B, G), contiguous.
+
+    An element-wise operation with a same-shape operand is about twice as fast as
+    one broadcasting a vector (3.9 against 7.9 µs for a multiply and an add at
+    32 x 1024 in float32), and a cell applies these vectors at every step.
+    """
+    return np.ascontiguousarray(np.broadcast_to(vector, (batch, vector.shape[0])))
 
 
 def with_initial(state: np.ndarray, steps: int) -> np.ndarray:
@@ -167,7 +177,7 @@ class ElmanCell:
             dh_next = dz_t @ Wh_T
         grads = {"Wx": weight_grad(x_steps, dz), "Wh": weight_grad(h[:-1], dz)}
         if "b" in self.params:
-            grads["b"] = dz.sum(axis=(0, 1))
+            grads["b"] = column_sums(dz)
         return CellGradients(
             params=grads, inputs=input_grads(dz, self.params["Wx"]), state=dh_next, states=dh_steps.swapaxes(0, 1)
         )
@@ -210,7 +220,7 @@ class LSTMCell:
         self, x: np.ndarray, state: tuple[np.ndarray, np.ndarray]
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple]:
         """h_t for t = 1..T from x (B, T, I) and (h_0, c_0) = ``state``; the final state is (h_T, c_T)."""
-        halves, offsets = self.halves, self.offsets
+        halves = self.halves
         # the weights scaled by the halves (exactly: a power of two) give a_t scaled for the tanh directly
         Wh = recurrent_weights(self.params["Wh"] * halves)
         b = self.params["b"] * halves if "b" in self.params else None
@@ -219,14 +229,15 @@ class LSTMCell:
         h, c = with_initial(state[0], steps), with_initial(state[1], steps)  # [t] = h_t, c_t; [0] = h_0, c_0
         gates = np.empty((steps, x.shape[0], 4 * H), dtype=Wh.dtype)  # a_t, activated in place below
         project(x_steps, self.params["Wx"] * halves, b, out=gates)
+        row_halves, row_offsets = per_row(halves, x.shape[0]), per_row(self.offsets, x.shape[0])
         tanh_c = np.empty_like(h[1:])
         recurrent, ig = np.empty((x.shape[0], 4 * H), dtype=Wh.dtype), np.empty_like(state[1])
         for t in range(steps):
             a = gates[t]
             a += np.matmul(h[t], Wh, out=recurrent)
             np.tanh(a, out=a)
-            a *= halves
-            a += offsets  # i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g)
+            a *= row_halves
+            a += row_offsets  # i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g)
             i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
             c_t = np.multiply(f, c[t], out=c[t + 1])
             c_t += np.multiply(i, g, out=ig)
@@ -267,7 +278,7 @@ class LSTMCell:
                 dh_next = da[t] @ Wh_T
         grads = {"Wx": weight_grad(x_steps, da), "Wh": weight_grad(h[:-1], da)}
         if "b" in self.params:
-            grads["b"] = da.sum(axis=(0, 1))
+            grads["b"] = column_sums(da)
         return CellGradients(
             params=grads,
             inputs=input_grads(da, self.params["Wx"]),
@@ -304,8 +315,8 @@ class GRUCell:
 
     def forward(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
-        Wh, bh = recurrent_weights(self.params["Wh"]), self.params.get("bh")
-        H, steps = self.hidden_size, x.shape[1]
+        Wh, H, steps = recurrent_weights(self.params["Wh"]), self.hidden_size, x.shape[1]
+        bh = per_row(self.params["bh"], x.shape[0]) if "bh" in self.params else None
         x_steps = swap_time_and_batch(x)
         h = with_initial(state, steps)  # h[t] = h_t, h[0] = h_0
         gates = np.empty((steps, x.shape[0], 3 * H), dtype=Wh.dtype)  # u_t, turned into r, z, n in place below
@@ -354,8 +365,8 @@ class GRUCell:
             dh_next += dv_t @ Wh_T
         grads = {"Wx": weight_grad(x_steps, du), "Wh": weight_grad(h[:-1], dv)}
         if "bx" in self.params:
-            grads["bx"] = du.sum(axis=(0, 1))
-            grads["bh"] = dv.sum(axis=(0, 1))
+            grads["bx"] = column_sums(du)
+            grads["bh"] = column_sums(dv)
         return CellGradients(
             params=grads, inputs=input_grads(du, self.params["Wx"]), state=dh_next, states=dh_steps.swapaxes(0, 1)
         )

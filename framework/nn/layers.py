@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from framework.nn.functions import column_sums
 from framework.nn.init import InitConfig, init_weights
 from framework.protocols import Params
 
@@ -35,7 +36,7 @@ class Dense:
         flat_h, flat_dz = h.reshape(-1, h.shape[-1]), dz.reshape(-1, dz.shape[-1])
         grads = {"W": flat_h.T @ flat_dz}
         if "b" in self.params:
-            grads["b"] = flat_dz.sum(axis=0)
+            grads["b"] = column_sums(flat_dz)
         return grads, (flat_dz @ W.T).reshape(h.shape)
 
 

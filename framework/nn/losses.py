@@ -14,6 +14,7 @@ element of a position. :func:`reduce` is that shared reduction.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,30 +27,42 @@ from framework.nn.functions import sigmoid
 REDUCTIONS = ("mean", "sum")
 
 
+def item_weights(
+    mask: np.ndarray | None, items: tuple[int, ...], dtype: np.dtype, reduction: str
+) -> np.ndarray | float:
+    """w = m / N: the weight of every item in L = sum w l (a scalar 1 / N without a mask).
+
+    ``items`` is the shape of the per-item losses: the outputs' shape or that
+    shape without the last axis. The mask's trailing axes are broadcast over the
+    rest; w has the mask's shape. N counts the unmasked items for ``mean`` (at
+    least 1: a fully masked batch gives L = 0 and a zero gradient) and is 1 for ``sum``.
+    """
+    if mask is None:
+        return 1.0 / max(math.prod(items), 1) if reduction == "mean" else 1.0
+    m = np.asarray(mask, dtype=dtype)
+    if m.shape != items[: m.ndim]:
+        raise ValueError(f"mask of shape {m.shape} does not fit outputs of shape {items}")
+    if reduction != "mean":
+        return m
+    count = float(m.sum()) * (math.prod(items) // max(m.size, 1))
+    return m / np.asarray(max(count, 1), dtype=dtype)
+
+
 def reduce(losses: np.ndarray, grads: np.ndarray, mask: np.ndarray | None, reduction: str) -> tuple[float, np.ndarray]:
-    """(sum m l / N, m dl/dz / N) from per-item losses ``l`` and their gradients ``dl/dz``.
+    """(sum w l, w dl/dz) from per-item losses ``l`` and their gradients ``dl/dz``, w = m / N (:func:`item_weights`).
 
     ``losses`` has the outputs' shape (element-wise losses) or that shape without
     the last axis (one loss per position); ``grads`` has the outputs' shape and is
-    scaled in place (each loss passes an array of its own). The mask's trailing
-    axes are broadcast over the rest of each. N counts the unmasked items of
-    ``losses`` for ``mean`` (at least 1: a fully masked batch gives L = 0 and a
-    zero gradient) and is 1 for ``sum``.
+    scaled in place (each loss passes an array of its own).
     """
-    if mask is None:
-        count, total = losses.size, float(np.sum(losses))
-    else:
-        m = np.asarray(mask, dtype=grads.dtype)
-        if m.shape != losses.shape[: m.ndim]:
-            raise ValueError(f"mask of shape {m.shape} does not fit outputs of shape {grads.shape}")
-        m_losses = m.reshape(m.shape + (1,) * (losses.ndim - m.ndim))
-        count = float(np.sum(m)) * (losses.size // max(m.size, 1))
-        total = float(np.vdot(np.broadcast_to(m_losses, losses.shape), losses))
-        grads *= m.reshape(m.shape + (1,) * (grads.ndim - m.ndim))
-    n = max(count, 1) if reduction == "mean" else 1
-    if n != 1:
-        grads /= np.asarray(n, dtype=grads.dtype)
-    return total / n, grads
+    w = item_weights(mask, losses.shape, grads.dtype, reduction)
+    if np.ndim(w) == 0:
+        if w != 1:
+            grads *= np.asarray(w, dtype=grads.dtype)
+        return float(np.sum(losses)) * w, grads
+    total = float(np.vdot(np.broadcast_to(w.reshape(w.shape + (1,) * (losses.ndim - w.ndim)), losses.shape), losses))
+    grads *= w.reshape(w.shape + (1,) * (grads.ndim - w.ndim))
+    return total, grads
 
 
 def reduction_option(items: str) -> Any:
@@ -116,17 +129,20 @@ class SoftmaxCrossEntropy:
             t = np.where(np.asarray(mask) != 0, t, 0)  # padding may carry any target
         if t.size and (t.min() < 0 or t.max() >= classes):
             raise ValueError(f"softmax_cross_entropy: target indices must be in [0, {classes})")
+        w = item_weights(mask, t.shape, outputs.dtype, self.reduction)  # a scalar, or one weight per position
+        w = w.reshape(-1) if np.ndim(w) else w
         z = outputs.reshape(-1, classes)  # one row per position
         # row maxima and sums, each over K classes: numpy reduces many short rows one by one (6x slower at
         # 320 x 27), so the maxima are taken across the rows of the transpose and the sums by a matmul
         shifted = z - np.ascontiguousarray(z.T).max(axis=0)[:, None]
         p = np.exp(shifted)  # exp(z - max z); softmax once divided by its sum
         sums = p @ np.ones(classes, dtype=p.dtype)
-        rows, cols = np.arange(p.shape[0]), t.reshape(-1)
-        losses = np.log(sums) - shifted[rows, cols]  # -log p[t] = log sum exp(z - max z) - (z[t] - max z)
-        p /= sums[:, None]
-        p[rows, cols] -= 1.0
-        return reduce(losses.reshape(t.shape), p.reshape(outputs.shape), mask, self.reduction)
+        at_targets = np.arange(0, p.size, classes) + t.reshape(-1)  # flat index of z_i[t_i]
+        losses = np.log(sums) - shifted.reshape(-1)[at_targets]  # -log p[t] = log sum exp(z - max z) - (z[t] - max z)
+        p *= (w / sums)[:, None]  # dL/dz_i = w_i p_i - w_i onehot(t_i), in one pass over the logits
+        p.reshape(-1)[at_targets] -= w
+        total = float(np.dot(w, losses)) if np.ndim(w) else w * float(losses.sum())
+        return total, p.reshape(outputs.shape)
 
     def random_targets(self, outputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Class indices drawn uniformly from [0, K), of shape outputs.shape[:-1]."""
