@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 PROG = f"benchmarks/{Path(sys.argv[0]).name}"  # the script being run, for its messages
+
+
+CORETYPE = "OPENBLAS_CORETYPE"
+# the kernels OpenBLAS runs in a fresh interpreter, printed by threadpoolctl
+KERNELS_PROBE = (
+    "import numpy, threadpoolctl; pools = threadpoolctl.threadpool_info(); "
+    "print(' '.join(p.get('architecture', '?') for p in pools if p['internal_api'] == 'openblas'))"
+)
+
+
+def blas_kernels() -> str:
+    """Which OpenBLAS kernels numpy runs here: OpenBLAS's own choice for this CPU, or the one the environment forces.
+
+    OpenBLAS picks its kernels from the CPU when it loads, unless OPENBLAS_CORETYPE names
+    them. On this machine the environment sets OPENBLAS_CORETYPE=Haswell (AVX2), where
+    OpenBLAS itself would choose SkylakeX (AVX-512) and reach twice the float32 GEMM speed,
+    so every figure of numpy's depends on it.
+    """
+    env = {k: v for k, v in os.environ.items() if k != CORETYPE}
+    probe = subprocess.run([sys.executable, "-c", KERNELS_PROBE], env=env, capture_output=True, text=True)
+    own = probe.stdout.strip() or "unknown"
+    if CORETYPE not in os.environ:
+        return f"{own} (OpenBLAS's own choice for this CPU; {CORETYPE} is not set)"
+    return (
+        f"{os.environ[CORETYPE]} ({CORETYPE}={os.environ[CORETYPE]} in the environment; OpenBLAS's own choice "
+        f"for this CPU is {own}: prefix the command with `env -u {CORETYPE}` to measure that)"
+    )
 
 
 def fail(message: str) -> NoReturn:

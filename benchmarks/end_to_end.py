@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PROG, clean_env, fail, gist, require_positive, table
+from common import PROG, blas_kernels, clean_env, fail, gist, require_positive, table
 
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
@@ -379,6 +379,7 @@ def header_lines(args: argparse.Namespace, context: dict[str, Any]) -> list[str]
         f"- machine: {platform.platform()}, {os.cpu_count()} cores (os.cpu_count()), "
         f"Python {platform.python_version()}",
         f"- load average (1, 5, 15 min) before / after: {load}",
+        f"- OpenBLAS kernels: {blas_kernels()}",
         f"- command: `python {' '.join([PROG, *context['argv']])}`",
         f"- runs: `python -m framework task=<task>{steps} [tracking.enabled=false]` "
         f"for task in {', '.join(args.tasks)}, and the long run "

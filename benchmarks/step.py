@@ -62,6 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: the framework and plugins of this checkout
     sys.path.insert(0, str(REPO))
 
+from common import blas_kernels  # noqa: E402
+
 from framework import engine, plugins  # noqa: E402
 from framework.nn.cells import ElmanCell, GRUCell, LSTMCell  # noqa: E402
 from framework.nn.clipping import clip_by_norm, global_norm  # noqa: E402
@@ -140,6 +142,7 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> str:
         f"- python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
         f"(cpu capability {torch.backends.cpu.get_cpu_capability()})",
         f"- thread pools: {'; '.join(blas)}",
+        f"- OpenBLAS kernels: {blas_kernels()}",
         f"- threads: {args.threads} (numpy BLAS via threadpoolctl, torch.set_num_threads)"
         + (
             "; with more than one the ratios are not trustworthy: the implementations slow each other down "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -62,3 +63,23 @@ def test_only_runs_the_named_configurations_and_refuses_an_unknown_name(tmp_path
     refused = subprocess.run([*command, "--only", "lstm"], capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2
     assert "--only 'lstm' names no configuration; the configurations: adder B=1, adder B=32" in refused.stderr
+
+
+def test_the_header_names_the_openblas_kernels_and_whether_the_environment_forces_them(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    command = [sys.executable, str(SCRIPT), "--quick", "--dtype", "float64", "--only", "echo"]
+    command += ["--plot", str(tmp_path / "s.png")]
+    unset = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    forced = subprocess.run(command, env={**unset, "OPENBLAS_CORETYPE": "Haswell"}, capture_output=True, text=True)
+    own = subprocess.run(command, env=unset, capture_output=True, text=True)
+    assert forced.returncode == 0 and own.returncode == 0, forced.stderr + own.stderr
+    line = r"^- OpenBLAS kernels: Haswell \(OPENBLAS_CORETYPE=Haswell in the environment; OpenBLAS's own choice "
+    found = re.search(
+        line + r"for this CPU is (\w+): prefix the command with `env -u OPENBLAS_CORETYPE`", forced.stdout, re.M
+    )
+    assert found, forced.stdout
+    assert re.search(r"^- thread pools: .*openblas [0-9.]+ Haswell ", forced.stdout, re.M), forced.stdout
+    choice = found.group(1)
+    line = rf"^- OpenBLAS kernels: {choice} \(OpenBLAS's own choice for this CPU; OPENBLAS_CORETYPE is not set\)$"
+    assert re.search(line, own.stdout, re.M), own.stdout
+    assert re.search(rf"^- thread pools: .*openblas [0-9.]+ {choice} ", own.stdout, re.M), own.stdout
