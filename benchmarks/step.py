@@ -32,6 +32,12 @@ clipping, SGD) written inline here, on the large tanh RNN.
     python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH] [--peak-size N]
                               [--only NAME ...]
 
+Memory: PyTorch's CPU allocator is given transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, unless
+the environment sets it), as numpy gives its own large arrays (it madvises them by default). Without
+them PyTorch's fused float32 LSTM step takes 50-52 ms here alone, and 38-40 ms in this process once
+its buffers land in heap memory that numpy had madvised for ours: its speed, and the ratio, would
+depend on where the allocator put them (0.59x or 0.79x in back-to-back runs).
+
 ``--quick``: tiny sizes and few repeats (the smoke test's, about 10 s). The defaults: both dtypes, 1 thread
 (the framework's own ``threads`` default), the plot in benchmarks/results/scaling.png; a full run takes
 about 3 minutes on 2 cores.
@@ -72,6 +78,7 @@ from framework.nn.optimizers import SGD, Adagrad, Adam, RMSprop, Rprop  # noqa: 
 from framework.protocols import Batch  # noqa: E402
 
 PROG = "benchmarks/step.py"
+HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator: see the module docstring
 DEFAULT_PLOT = REPO / "benchmarks" / "results" / "scaling.png"
 MAX_NORM = 5.0  # train.clip_norm of every configuration
 VOCAB = 65  # symbols of the large configurations: 64 characters + newline
@@ -143,6 +150,8 @@ def header(args: argparse.Namespace, argv: Sequence[str]) -> str:
         f"(cpu capability {torch.backends.cpu.get_cpu_capability()})",
         f"- thread pools: {'; '.join(blas)}",
         f"- OpenBLAS kernels: {blas_kernels()}",
+        f"- huge pages: numpy madvises its large arrays; PyTorch's CPU allocator {HUGE_PAGES}="
+        f"{os.environ.get(HUGE_PAGES, '(not set)')}",
         f"- threads: {args.threads} (numpy BLAS via threadpoolctl, torch.set_num_threads)"
         + (
             "; with more than one the ratios are not trustworthy: the implementations slow each other down "
@@ -750,6 +759,7 @@ def chosen(specs: list[Spec], only: Sequence[str] | None) -> list[Spec]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
+    os.environ.setdefault(HUGE_PAGES, "1")  # before PyTorch allocates
     import torch
 
     torch.set_num_threads(args.threads)

@@ -65,12 +65,15 @@ def test_only_runs_the_named_configurations_and_refuses_an_unknown_name(tmp_path
     assert "--only 'lstm' names no configuration; the configurations: adder B=1, adder B=32" in refused.stderr
 
 
-def test_the_header_names_the_openblas_kernels_and_whether_the_environment_forces_them(tmp_path: Path) -> None:
+def test_the_header_names_the_blas_kernels_and_the_huge_pages_and_whether_the_environment_chose_them(
+    tmp_path: Path,
+) -> None:
     pytest.importorskip("torch")
     command = [sys.executable, str(SCRIPT), "--quick", "--dtype", "float64", "--only", "echo"]
     command += ["--plot", str(tmp_path / "s.png")]
-    unset = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    forced = subprocess.run(command, env={**unset, "OPENBLAS_CORETYPE": "Haswell"}, capture_output=True, text=True)
+    unset = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "THP_MEM_ALLOC_ENABLE")}
+    chosen = {**unset, "OPENBLAS_CORETYPE": "Haswell", "THP_MEM_ALLOC_ENABLE": "0"}
+    forced = subprocess.run(command, env=chosen, capture_output=True, text=True)
     own = subprocess.run(command, env=unset, capture_output=True, text=True)
     assert forced.returncode == 0 and own.returncode == 0, forced.stderr + own.stderr
     line = r"^- OpenBLAS kernels: Haswell \(OPENBLAS_CORETYPE=Haswell in the environment; OpenBLAS's own choice "
@@ -83,3 +86,5 @@ def test_the_header_names_the_openblas_kernels_and_whether_the_environment_force
     line = rf"^- OpenBLAS kernels: {choice} \(OpenBLAS's own choice for this CPU; OPENBLAS_CORETYPE is not set\)$"
     assert re.search(line, own.stdout, re.M), own.stdout
     assert re.search(rf"^- thread pools: .*openblas [0-9.]+ {choice} ", own.stdout, re.M), own.stdout
+    pages = "- huge pages: numpy madvises its large arrays; PyTorch's CPU allocator THP_MEM_ALLOC_ENABLE="
+    assert pages + "0\n" in forced.stdout and pages + "1\n" in own.stdout, forced.stdout + own.stdout
