@@ -100,6 +100,12 @@ def input_weights(Wx: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return Wx if b is None else np.concatenate([Wx, b[None]])
 
 
+def input_weight_grads(inputs: np.ndarray, d_pre: np.ndarray, Wx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(dWx, db) from the one product [x 1]^T dz = [dWx; db] (inputs from :func:`inputs_with_ones`; db None without)."""
+    grads, rows = weight_grad(inputs, d_pre), Wx.shape[0]
+    return grads[:rows], (grads[rows] if grads.shape[0] > rows else None)
+
+
 def project(inputs: np.ndarray, W: np.ndarray, out: np.ndarray) -> None:
     """out = inputs W for every step in one matmul: (T, B, I) -> out (T, B, G)."""
     np.matmul(inputs.reshape(-1, inputs.shape[-1]), W, out=out.reshape(-1, W.shape[1]))
@@ -195,10 +201,10 @@ class ElmanCell:
             np.add(d_out[t], dh_next, out=dh)  # total dL/dh_t
             dz_t *= dh
             dh_next = dz_t @ Wh_T
-        x_grads = weight_grad(x_steps, dz)  # [dWx; db]
-        grads = {"Wx": x_grads[: self.params["Wx"].shape[0]], "Wh": weight_grad(h[:-1], dz)}
-        if "b" in self.params:
-            grads["b"] = x_grads[-1]
+        dWx, db = input_weight_grads(x_steps, dz, self.params["Wx"])
+        grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], dz)}
+        if db is not None:
+            grads["b"] = db
         return CellGradients(
             params=grads, inputs=input_grads(dz, self.params["Wx"]), state=dh_next, states=dh_steps.swapaxes(0, 1)
         )
@@ -311,10 +317,10 @@ class LSTMCell:
                 np.multiply(dh, o_by_dh[k], out=da_blocks[t, :, 3])  # da_o
                 dc_next = dc * f[k]
                 dh_next = da[t] @ Wh_T
-        x_grads = weight_grad(x_steps, da)  # [dWx; db]
-        grads = {"Wx": x_grads[: self.params["Wx"].shape[0]], "Wh": weight_grad(h[:-1], da)}
-        if "b" in self.params:
-            grads["b"] = x_grads[-1]
+        dWx, db = input_weight_grads(x_steps, da, self.params["Wx"])
+        grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], da)}
+        if db is not None:
+            grads["b"] = db
         return CellGradients(
             params=grads,
             inputs=input_grads(da, self.params["Wx"]),
@@ -399,10 +405,10 @@ class GRUCell:
             np.multiply(du_n, r[t], out=dv_t[:, 2 * H :])
             dh_next = dh * z[t]
             dh_next += dv_t @ Wh_T
-        x_grads = weight_grad(x_steps, du)  # [dWx; dbx]
-        grads = {"Wx": x_grads[: self.params["Wx"].shape[0]], "Wh": weight_grad(h[:-1], dv)}
-        if "bx" in self.params:
-            grads["bx"] = x_grads[-1]
+        dWx, dbx = input_weight_grads(x_steps, du, self.params["Wx"])
+        grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], dv)}
+        if dbx is not None:
+            grads["bx"] = dbx
             grads["bh"] = column_sums(dv)
         return CellGradients(
             params=grads, inputs=input_grads(du, self.params["Wx"]), state=dh_next, states=dh_steps.swapaxes(0, 1)
