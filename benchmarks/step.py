@@ -14,8 +14,9 @@ The three are stepped alternately in blocks (10 steps of ours, 10 of the module,
 of ours, ...; one step per block for the large configurations) on the same cycle of batches, after a
 warm-up, each step timed (see :func:`time_alternately` for why blocks), with the same number of
 threads (numpy's BLAS through threadpoolctl, torch through ``torch.set_num_threads``); the table gives
-the median step of each as steps/s, the speed ratio ours/torch (> 1: we are faster), and the matmul
-GFLOP/s achieved (FLOPs counted analytically, see :func:`matmul_flops`) with its share of this
+the median step of each as steps/s, the speed ratio ours/torch (> 1: we are faster), the step's
+matmuls alone in numpy (:func:`matmuls_alone`) with the bound they put on the ratio, and the matmul
+GFLOP/s achieved (FLOPs counted analytically, see :func:`step_products`) with its share of this
 machine's matmul peak, measured in the same run (the best numpy GEMM of ``--peak-size`` square
 matrices, same dtype and threads).
 
@@ -97,6 +98,7 @@ class Budget:
     min_rounds: int
     max_rounds: int
     block: int = 1  # consecutive steps of one implementation between switches
+    product_seconds: float = 0.05  # timing of each matmul shape for the matmuls-alone floor
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class Result:
     steps: int
     batch: int
     flops: float  # matmul FLOPs of one training step (forward + backward)
+    matmuls_alone: float  # seconds of the step's matmuls alone in numpy (see matmuls_alone)
     seconds: dict[str, float] = field(default_factory=dict)  # median seconds per step, by implementation
     rounds: int = 0
 
@@ -194,19 +197,74 @@ def torch_peak(dtype: str, size: int, repeats: int) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
-def matmul_flops(cell: str, I: int, H: int, K: int, T: int, B: int) -> float:  # noqa: E741 (the math's names)
-    """Matmul FLOPs of one training step; a (m x k) @ (k x n) product counts 2 m k n.
+@dataclass(frozen=True)
+class Product:
+    """One matmul of a training step, ``count`` times: (m x k) @ (k x n), 2 m k n FLOPs each.
+
+    ``left_transposed``: the left operand is the transpose of a stored (k x m) array, as in a
+    weight gradient x^T dz of inputs stored one row per position.
+    """
+
+    m: int
+    k: int
+    n: int
+    count: int = 1
+    left_transposed: bool = False
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.k * self.n * self.count
+
+
+def step_products(cell: str, I: int, H: int, K: int, T: int, B: int) -> list[Product]:  # noqa: E741 (the math's names)
+    """The matmuls of one training step that every implementation must do.
 
     With G gate blocks (rnn 1, GRU 3, LSTM 4) and N = B T positions, the forward pass has three
-    products: the input projection x Wx (2 N I GH), the recurrence h Wh (2 N H GH) and the readout
-    h Wy (2 N H K). The backward pass has two products per forward one (the weight gradient and the
-    gradient of the product's input), except the input projection, whose input x needs no gradient:
-    only dWx = x^T da. Total 2 N (2 I GH + 3 H GH + 3 H K). Element-wise work (gates, loss,
+    products: the input projection x Wx, the recurrence h Wh (one per step) and the readout h Wy.
+    The backward pass has two products per forward one (the weight gradient and the gradient of
+    the product's input), except the input projection, whose input x needs no gradient: only
+    dWx = x^T da. Together 2 N (2 I GH + 3 H GH + 3 H K) FLOPs. Element-wise work (gates, loss,
     optimizer) is not counted; our engine also computes dL/dx (2 N GH I more), which is not counted
     either: the count is the work every implementation must do, so GFLOP/s compare as steps/s do.
     """
-    G = GATES[cell]
-    return 2.0 * B * T * (2 * I * G * H + 3 * H * G * H + 3 * H * K)
+    G, N = GATES[cell], B * T
+    return [
+        Product(N, I, G * H),  # x Wx
+        Product(B, H, G * H, count=T),  # h_{t-1} Wh
+        Product(N, H, K),  # y = h Wy
+        Product(H, N, K, left_transposed=True),  # dWy = h^T dy
+        Product(N, K, H),  # dh = dy Wy^T
+        Product(B, G * H, H, count=T),  # da_t Wh^T
+        Product(H, N, G * H, left_transposed=True),  # dWh = h_{t-1}^T da
+        Product(I, N, G * H, left_transposed=True),  # dWx = x^T da
+    ]
+
+
+def matmul_flops(products: Sequence[Product]) -> float:
+    """Matmul FLOPs of one training step (see :func:`step_products`)."""
+    return sum(p.flops for p in products)
+
+
+def matmuls_alone(products: Sequence[Product], dtype: str, seconds: float) -> float:
+    """Seconds the step's matmuls take in numpy with nothing else to do: each product timed at its shape
+    (the median of repeated ``np.matmul`` calls into one output, operands hot in the cache, for about
+    ``seconds``) times its count, summed. A floor for any numpy step: ours / torch cannot exceed
+    torch's step time over this."""
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for p in products:
+        left = rng.standard_normal((p.k, p.m) if p.left_transposed else (p.m, p.k)).astype(dtype)
+        a, b = (left.T if p.left_transposed else left), rng.standard_normal((p.k, p.n)).astype(dtype)
+        out = np.empty((p.m, p.n), dtype=dtype)
+        np.matmul(a, b, out=out)  # warm-up
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while len(times) < 5 or (len(times) < 2000 and time.perf_counter() < deadline):
+            start = time.perf_counter()
+            np.matmul(a, b, out=out)
+            times.append(time.perf_counter() - start)
+        total += statistics.median(times) * p.count
+    return total
 
 
 # -- ours: the engine's real objects --------------------------------------------
@@ -528,7 +586,9 @@ def bench(spec: Spec, dtype: str, composer: Composer, folder: Path, budget: Budg
     I, H = cell.params["Wx"].shape[0], cell.hidden_size  # noqa: E741
     K = run.task.model.readout.params["W"].shape[1]
     B, T = batches[0].inputs.shape[:2]
-    result = Result(spec, dtype, cell_kind(cell), (I, H, K), T, B, matmul_flops(cell_kind(cell), I, H, K, T, B))
+    products = step_products(cell_kind(cell), I, H, K, T, B)
+    floor = matmuls_alone(products, dtype, budget.product_seconds)
+    result = Result(spec, dtype, cell_kind(cell), (I, H, K), T, B, matmul_flops(products), floor)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         result.seconds, result.rounds = time_alternately(
             {"ours": ours.step, "module": module.step, "cells": cells.step}, budget
@@ -663,7 +723,7 @@ def configurations(quick: bool) -> list[Spec]:
 def budgets(quick: bool) -> dict[str, Budget]:
     """Timing budgets by configuration size."""
     if quick:
-        tiny = Budget(0.0, 2, 0.05, 3, 20, block=2)
+        tiny = Budget(0.0, 2, 0.05, 3, 20, block=2, product_seconds=0.002)
         return {"small": tiny, "large": tiny}
     return {"small": Budget(0.5, 5, 4.0, 20, 500, block=10), "large": Budget(1.0, 2, 4.0, 5, 2000)}
 
@@ -684,6 +744,8 @@ def row(r: Result, peak: float) -> str:
         *(f"{rate[name]:.1f}" for name in IMPLEMENTATIONS),
         f"{rate['ours'] / rate['module']:.2f}",
         f"{rate['ours'] / rate['cells']:.2f}",
+        f"{r.matmuls_alone * 1e3:.4g}",
+        f"{r.seconds['module'] / r.matmuls_alone:.2f}",
         *(f"{gflops[name]:.3f} ({gflops[name] / peak:.1%})" for name in IMPLEMENTATIONS),
         str(r.rounds),
     ]
@@ -692,8 +754,8 @@ def row(r: Result, peak: float) -> str:
 
 TABLE_HEAD = (
     "| config | cell | I-H-K | T | B | dtype | MFLOP/step | ours steps/s | torch module steps/s | "
-    "torch cells steps/s | ours/module | ours/cells | GFLOP/s ours (% peak) | GFLOP/s module (% peak) | "
-    "GFLOP/s cells (% peak) | rounds |\n" + "|" + "---|" * 16
+    "torch cells steps/s | ours/module | ours/cells | matmuls alone (ms) | ours/module bound | "
+    "GFLOP/s ours (% peak) | GFLOP/s module (% peak) | GFLOP/s cells (% peak) | rounds |\n" + "|" + "---|" * 18
 )
 
 
@@ -782,10 +844,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(
             "\nSteps/s: the median training step (forward, loss, BPTT, clip by norm 5, optimizer update); "
-            "ours/module and ours/cells: speed ratios, > 1 means ours is faster. GFLOP/s: matmul FLOPs of "
-            "forward + backward (2 B T (2 I G H + 3 H G H + 3 H K), G = gates) per second; % of the numpy "
-            "GEMM peak above. adder: tanh cell in place of the tutorial's sigmoid (torch.nn.RNN has none). "
-            "Large and scaling configurations: charlm task on generated text, 65 symbols.\n",
+            "ours/module and ours/cells: speed ratios, > 1 means ours is faster. Matmuls alone: the step's "
+            "matmuls in numpy with nothing else to do, each timed at its shape; ours/module bound: the "
+            "module's step over that, the ratio a numpy step would reach if nothing but its matmuls took "
+            "time. GFLOP/s: matmul FLOPs of forward + backward (2 B T (2 I G H + 3 H G H + 3 H K), "
+            "G = gates) per second; % of the numpy GEMM peak above. adder: tanh cell in place of the "
+            "tutorial's sigmoid (torch.nn.RNN has none). Large and scaling configurations: charlm task on "
+            "generated text, 65 symbols.\n",
             flush=True,
         )
         print(TABLE_HEAD, flush=True)

@@ -39,12 +39,18 @@ def test_quick_run_prints_every_configuration_and_the_plot(tmp_path: Path) -> No
     assert re.search(rf"matmul peak float32: numpy {NUMBER} GFLOP/s", out), out
     for config in CONFIGS:
         for dtype in ("float32", "float64"):
-            # name | cell | I-H-K | T | B | dtype | MFLOP | 3 x steps/s | 2 ratios | 3 x GFLOP/s (% peak) | rounds
+            # name | cell | I-H-K | T | B | dtype | MFLOP | 3 x steps/s | 2 ratios | matmuls alone (ms) | bound
+            # | 3 x GFLOP/s (% peak) | rounds
             pattern = (
                 rf"^\| {re.escape(config)} \| (rnn|lstm|gru) \| \d+-\d+-\d+ \| \d+ \| \d+ \| {dtype} \| {NUMBER}"
-                rf"( \| {NUMBER}){{5}}( \| {NUMBER} \({NUMBER}%\)){{3}} \| \d+ \|$"
+                rf"((?: \| {NUMBER}){{7}})( \| {NUMBER} \({NUMBER}%\)){{3}} \| \d+ \|$"
             )
-            assert re.search(pattern, out, re.MULTILINE), f"no row for {config} {dtype}:\n{out}"
+            found = re.search(pattern, out, re.MULTILINE)
+            assert found, f"no row for {config} {dtype}:\n{out}"
+            ours, module, cells, by_module, by_cells, alone_ms, bound = map(float, found[2].split(" | ")[1:])
+            assert by_module == pytest.approx(ours / module, abs=0.011)
+            assert by_cells == pytest.approx(ours / cells, abs=0.011) and alone_ms > 0
+            assert bound == pytest.approx(1e3 / module / alone_ms, rel=0.02, abs=0.011)  # the module's step / floor
     for dtype in ("float32", "float64"):
         overhead = rf"^\| large rnn \| {dtype}( \| {NUMBER}){{5}} \| -?{NUMBER}% \| [0-9.e+-]+ \| \d+ \|$"
         assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {dtype}:\n{out}"
