@@ -760,7 +760,7 @@ TABLE_HEAD = (
 
 
 def plot_scaling(results: Sequence[Result], path: Path) -> None:
-    """Steps/s against hidden size and against sequence length: ours and PyTorch, each dtype."""
+    """Steps/s against hidden size and against sequence length: ours, PyTorch and the matmuls alone, each dtype."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -778,6 +778,8 @@ def plot_scaling(results: Sequence[Result], path: Path) -> None:
             for name in IMPLEMENTATIONS:
                 ys = [1.0 / r.seconds[name] for r in chosen]
                 ax.plot(xs, ys, styles.get(dtype, ":"), marker="o", color=colors[name], label=f"{LABELS[name]} {dtype}")
+            floor = [1.0 / r.matmuls_alone for r in chosen]
+            ax.plot(xs, floor, styles.get(dtype, ":"), color="tab:gray", label=f"numpy matmuls alone {dtype}")
         if points:
             r = points[0]
             fixed = f"T={r.steps}" if series == "hidden" else f"H={r.sizes[1]}"
