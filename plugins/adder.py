@@ -28,6 +28,7 @@ from framework.protocols import Batch, Evaluation, Parts
 from framework.registry import Recipe
 
 FULL_BATCH_LIMIT = 2**20  # train.batch_size=0 trains on every pair at once, up to this many
+PAIRS_PER_DRAW = 4096  # random batches are drawn and encoded this many pairs at a time
 
 
 def to_bits(n: np.ndarray, bits: int) -> np.ndarray:
@@ -80,7 +81,13 @@ class AdditionDataset:
         return a, b
 
     def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
-        """Fresh random pairs every step, or every pair every step for ``batch_size`` 0."""
+        """Fresh random pairs every step, or every pair every step for ``batch_size`` 0.
+
+        The pairs of many steps are drawn and encoded at once (drawing and encoding each step's
+        took 12 us, a fifth of the tutorial's training step): the same numbers in the same order as
+        a draw of (a, b) per step, since a draw of k integers below a power of two takes the
+        generator's next k values, with none rejected.
+        """
         if batch_size == 0:
             if self.numbers**2 > FULL_BATCH_LIMIT:
                 accepted = f"a batch size > 0 (0 means every one of the {self.numbers**2} pairs at every step)"
@@ -88,8 +95,12 @@ class AdditionDataset:
             whole = self.encode(*self.all_pairs())
             while True:
                 yield whole
+        steps = max(1, PAIRS_PER_DRAW // batch_size)
         while True:
-            yield self.encode(*self.random_pairs(batch_size, rng))
+            a, b = rng.integers(0, self.numbers, size=(steps, 2, batch_size), dtype=np.int64).swapaxes(0, 1)
+            drawn = self.encode(a, b)  # (steps, B, bits, .)
+            for inputs, targets in zip(drawn.inputs, drawn.targets, strict=True):
+                yield Batch(inputs, targets)
 
 
 def make_addition(config: AdditionConfig, rng: np.random.Generator, dtype: np.dtype) -> AdditionDataset:

@@ -11,7 +11,7 @@ from conftest import assert_no_runs, one_line, runs_of
 
 from framework import engine, plugins
 from framework.nn.functions import sigmoid
-from plugins.adder import AdditionDataset, bit_string, from_bits, to_bits
+from plugins.adder import PAIRS_PER_DRAW, AdditionDataset, bit_string, from_bits, to_bits
 
 CELLS = [c.name for c in plugins.manager().registry.of_kind("cell")]
 
@@ -62,6 +62,19 @@ def test_random_batches_are_fresh_pairs_and_their_sums(compose, bits):
     assert a.max() < 2 ** (bits - 1) and b.max() < 2 ** (bits - 1)
     assert np.array_equal(from_bits(first.targets[..., 0]), a + b)
     assert not np.array_equal(first.inputs, second.inputs)
+
+
+@pytest.mark.parametrize(("bits", "batch_size"), [(8, 1), (8, 3), (40, 32)])
+def test_random_batches_are_the_pairs_of_a_draw_per_step(bits, batch_size):
+    """Drawn many steps at a time, the batches are still those of the tutorial's draw of (a, b) per step,
+    across the blocks drawn at once: the same seed trains on the same pairs as before."""
+    dataset, per_step = AdditionDataset(bits, np.dtype("float64")), np.random.default_rng(7)
+    stream = dataset.batches(batch_size, np.random.default_rng(7))
+    for _ in range(2 * PAIRS_PER_DRAW // batch_size + 5):
+        a, b = per_step.integers(0, 2 ** (bits - 1), size=(2, batch_size))
+        batch = next(stream)
+        assert np.array_equal(from_bits(batch.inputs[..., 0]), a) and np.array_equal(from_bits(batch.inputs[..., 1]), b)
+        assert np.array_equal(from_bits(batch.targets[..., 0]), a + b)
 
 
 def test_full_batch_is_every_pair(compose):
