@@ -28,7 +28,7 @@ characters, so that its real dataset serves (32, T, 65) batches. Every configura
 ``train.clip_norm=5`` and no value clipping. The adder's sigmoid cell is run as tanh, because
 torch.nn.RNN has only tanh and relu. Finally "engine overhead" times our engine's step against a
 bare numpy loop of the same math (tanh RNN, readout, summed softmax cross-entropy, BPTT, norm
-clipping, SGD) written inline here, on the large tanh RNN.
+clipping, SGD) written inline here, on charlm at batch 32 and the large tanh RNN.
 
     python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH] [--peak-size N]
                               [--only NAME ...]
@@ -86,6 +86,7 @@ VOCAB = 65  # symbols of the large configurations: 64 characters + newline
 IMPLEMENTATIONS = ("ours", "module", "cells")
 LABELS = {"ours": "ours (numpy)", "module": "torch module", "cells": "torch cell loop"}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+OVERHEAD_CONFIGS = ("charlm B=32", "large rnn")  # timed against the bare numpy loop too
 
 
 @dataclass(frozen=True)
@@ -565,8 +566,9 @@ def time_alternately(steps: dict[str, Callable[[], Any]], budget: Budget) -> tup
     return {name: statistics.median(values) for name, values in times.items()}, rounds
 
 
-def bench(spec: Spec, dtype: str, composer: Composer, folder: Path, budget: Budget, threads: int) -> Result:
-    """Time ours, the torch module and the torch cell loop on one configuration in one dtype."""
+def build_run(spec: Spec, dtype: str, composer: Composer, folder: Path, threads: int) -> engine.Run:
+    """The engine's run of a configuration: clipping by norm only, nothing tracked, a generated text for
+    the large ones."""
     overrides = [
         *spec.overrides,
         f"dtype={dtype}",
@@ -577,7 +579,12 @@ def bench(spec: Spec, dtype: str, composer: Composer, folder: Path, budget: Budg
     ]
     if spec.source == "text":
         overrides.append(f"dataset.path={write_text(folder, spec.steps)}")
-    run = composer.build(overrides)
+    return composer.build(overrides)
+
+
+def bench(spec: Spec, dtype: str, composer: Composer, folder: Path, budget: Budget, threads: int) -> Result:
+    """Time ours, the torch module and the torch cell loop on one configuration in one dtype."""
+    run = build_run(spec, dtype, composer, folder, threads)
     batches = pick_batches(spec, run, 16)
     ours = Ours(run, batches)
     module, cells = Torch(run, batches, loop=False), Torch(run, batches, loop=True)
@@ -648,17 +655,8 @@ def bare_step(P: dict[str, np.ndarray], x: np.ndarray, targets: np.ndarray, lr: 
 
 
 def engine_overhead(dtype: str, composer: Composer, folder: Path, spec: Spec, budget: Budget, threads: int) -> str:
-    """Our engine's step vs :func:`bare_step` on the large tanh RNN (same weights, same batches): a table row."""
-    overrides = [
-        *spec.overrides,
-        f"dtype={dtype}",
-        f"threads={threads}",
-        "train.clip_value=null",
-        f"train.clip_norm={MAX_NORM}",
-        "tracking.enabled=false",
-        f"dataset.path={write_text(folder, spec.steps)}",
-    ]
-    run = composer.build(overrides)
+    """Our engine's step vs :func:`bare_step` on a tanh RNN configuration (same weights, same batches): a table row."""
+    run = build_run(spec, dtype, composer, folder, threads)
     batches = pick_batches(spec, run, 16)
     assert all(b.mask is None or np.all(b.mask == 1) for b in batches)
     model, lr = run.task.model, run.optimizer.config.lr
@@ -863,15 +861,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = bench(spec, dtype, composer, folder, budget_of[spec.budget], args.threads)
                 results.append(result)
                 print(row(result, peaks[dtype]), flush=True)
-        large = [s for s in specs if s.name == "large rnn"]
-        if large:
-            print("\nEngine overhead (large tanh RNN): our engine's step vs a bare numpy loop of the same math.\n")
+        compared = [s for s in specs if s.name in OVERHEAD_CONFIGS]
+        if compared:
+            print(
+                "\nEngine overhead (charlm at batch 32, large tanh RNN): our engine's step vs a bare numpy loop "
+                "of the same math.\n"
+            )
             print(
                 "| config | dtype | engine steps/s | bare numpy steps/s | engine ms | bare ms | engine/bare time | "
                 "overhead share of engine step | max weight difference after 1 step | rounds |\n" + "|" + "---|" * 10
             )
-            for dtype in dtypes:
-                print(engine_overhead(dtype, composer, folder, large[0], budget_of["large"], args.threads), flush=True)
+            for spec in compared:
+                for dtype in dtypes:
+                    line = engine_overhead(dtype, composer, folder, spec, budget_of[spec.budget], args.threads)
+                    print(line, flush=True)
     composer.close()
     if any(r.spec.series for r in results):
         plot_scaling(results, args.plot)

@@ -51,9 +51,10 @@ def test_quick_run_prints_every_configuration_and_the_plot(tmp_path: Path) -> No
             assert by_module == pytest.approx(ours / module, abs=0.011)
             assert by_cells == pytest.approx(ours / cells, abs=0.011) and alone_ms > 0
             assert bound == pytest.approx(1e3 / module / alone_ms, rel=0.02, abs=0.011)  # the module's step / floor
-    for dtype in ("float32", "float64"):
-        overhead = rf"^\| large rnn \| {dtype}( \| {NUMBER}){{5}} \| -?{NUMBER}% \| [0-9.e+-]+ \| \d+ \|$"
-        assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {dtype}:\n{out}"
+    for config in ("charlm B=32", "large rnn"):
+        for dtype in ("float32", "float64"):
+            overhead = rf"^\| {config} \| {dtype}( \| {NUMBER}){{5}} \| -?{NUMBER}% \| [0-9.e+-]+ \| \d+ \|$"
+            assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {config} {dtype}:\n{out}"
     assert plot.is_file() and plot.stat().st_size > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
