@@ -75,18 +75,25 @@ class AdditionDataset:
         """Every pair (a, b) with a, b in [0, 2^(bits-1)), a-major: a = i // 2^(bits-1), b = i mod 2^(bits-1)."""
         return np.divmod(np.arange(self.numbers**2, dtype=np.int64), self.numbers)
 
-    def random_pairs(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` pairs with a, b ~ U{0, ..., 2^(bits-1) - 1}, independently."""
-        a, b = rng.integers(0, self.numbers, size=(2, count), dtype=np.int64)
+    def random_pairs(
+        self, count: int, rng: np.random.Generator, steps: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` pairs with a, b ~ U{0, ..., 2^(bits-1) - 1}, independently: the ``count`` a's, then the b's.
+
+        With ``steps``, that many such draws at once, a and b of shape (steps, count): the same numbers
+        as ``steps`` calls, since a draw of k integers below a power of two takes the generator's next k
+        values, with none rejected.
+        """
+        shape = (2, count) if steps is None else (steps, 2, count)
+        a, b = np.moveaxis(rng.integers(0, self.numbers, size=shape, dtype=np.int64), -2, 0)
         return a, b
 
     def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
         """Fresh random pairs every step, or every pair every step for ``batch_size`` 0.
 
-        The pairs of many steps are drawn and encoded at once (drawing and encoding each step's
-        took 12 us, a fifth of the tutorial's training step): the same numbers in the same order as
-        a draw of (a, b) per step, since a draw of k integers below a power of two takes the
-        generator's next k values, with none rejected.
+        The pairs of many steps are drawn (:meth:`random_pairs`, the same numbers as a draw per step)
+        and encoded at once: drawing and encoding each step's took 12 us, a fifth of the tutorial's
+        training step.
         """
         if batch_size == 0:
             if self.numbers**2 > FULL_BATCH_LIMIT:
@@ -97,8 +104,7 @@ class AdditionDataset:
                 yield whole
         steps = max(1, PAIRS_PER_DRAW // batch_size)
         while True:
-            a, b = rng.integers(0, self.numbers, size=(steps, 2, batch_size), dtype=np.int64).swapaxes(0, 1)
-            drawn = self.encode(a, b)  # (steps, B, bits, .)
+            drawn = self.encode(*self.random_pairs(batch_size, rng, steps))  # (steps, B, bits, .)
             for inputs, targets in zip(drawn.inputs, drawn.targets, strict=True):
                 yield Batch(inputs, targets)
 
