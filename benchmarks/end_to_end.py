@@ -1,19 +1,28 @@
 """Benchmark: each task's default run end to end, from process start to exit, and where its time goes.
 
 For each tutorial task (counting, adder, echo, charlm, seq2seq by default) it runs
-``python -m framework task=<task>`` in a fresh temporary directory as its cwd, with tracking on
-and with ``tracking.enabled=false``, ``--repeat`` times each (interleaved; medians reported), and
-measures, per run:
+``python -m framework task=<task>`` in a fresh temporary directory as its cwd, ``--repeat`` times in
+each of three modes (interleaved; medians reported):
+
+* ``warm``: tracked, with a recorder server already running (every run after a user's first in 15
+  minutes): the run's tracking worker is forked with MLflow loaded;
+* ``cold``: tracked, with no recorder server running (a user's first run): the run starts one, which
+  loads MLflow on the second core while the run trains (``FRAMEWORK_RECORDER_IDLE=0``: it exits with
+  the run);
+* ``off``: ``tracking.enabled=false``;
+
+and measures, per run:
 
 * wall time: from just before the process is started to its exit (``time.perf_counter`` around
   ``os.posix_spawn`` and ``os.wait4``, in a small launcher process that starts the run);
 * peak memory: the child's own peak resident set size (``ru_maxrss`` of ``os.wait4``, in the
   launcher: a child's ``ru_maxrss`` is at least its spawner's peak RSS, and this script's is large;
-  it covers the processes the child waited for too, e.g. ``git``);
+  it covers the processes the child waited for too, e.g. ``git``, not the recorder server and its workers,
+  which are not the run's children: the warm server's own peak is reported beside);
 * the engine's run: its "<task> finished in X s" line, from just before the run-started hook to
   after the run-ended hook (training, evaluation, checkpoint and every tracking hook); the line's
   log timestamp (ms) places it on the wall clock, so its start is observable too;
-* with tracking on, from the MLflow run: the timestamps (ms) of the first and last training step's
+* tracked, from the MLflow run: the timestamps (ms) of the first and last training step's
   metrics (``grad_norm`` is logged by training steps only), hence the training loop (first to last
   step, metric flushes included) and the startup (process start to the first step's metrics); the
   number of metric values logged; and the engine's own "Logged the model ... in X s" line.
@@ -24,8 +33,8 @@ once in a template database and the file is copied into each run's ``./mlruns/ml
 user who has run before (``--store fresh``: each tracked run creates its store, which is included).
 
 Second, the tracking overhead of a long run that logs its metrics every step: ``python -m framework
-task=counting train.steps=10000`` (counting logs loss, grad_norm and two weights per step) with vs
-without tracking: wall time both ways and the overhead as a share of the tracked run's wall time.
+task=counting train.steps=10000`` (counting logs loss, grad_norm and two weights per step) in the three
+modes: wall times and the overhead as a share of the tracked run's wall time.
 
     python benchmarks/end_to_end.py [--tasks counting adder ...] [--repeat 3] [--steps N] [--store template|fresh]
                                     [--long-task counting] [--long-steps 10000] [--quick]
@@ -58,6 +67,9 @@ from common import PROG, blas_kernels, clean_env, fail, gist, require_positive, 
 
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
+MODES = ("warm", "cold", "off")  # tracked with a running recorder server, tracked starting one, untracked
+TRACKED = ("warm", "cold")
+FOLDER_ENV, IDLE_ENV = "FRAMEWORK_RECORDER_DIR", "FRAMEWORK_RECORDER_IDLE"
 LOG_TIME = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
 FINISHED = re.compile(LOG_TIME + r"\[framework\.engine\]\[INFO\] - \S+ finished in ([0-9.]+) s", re.MULTILINE)
 TRACKING_RUN = re.compile(LOG_TIME + r"\[framework\.tracking\]\[INFO\] - Tracking run ([0-9a-f]+)$", re.MULTILINE)
@@ -96,7 +108,7 @@ class Measure:
     """One run, its times in seconds after the process start (None: not observable without tracking)."""
 
     task: str
-    tracking: bool
+    mode: str  # one of MODES
     wall: float
     peak_mib: float
     finished: float  # the engine's "finished in": run-started hook .. run-ended hook
@@ -121,8 +133,9 @@ class Measure:
         return self.last_step - self.first_step
 
 
-def spawn(command: Sequence[str], folder: Path, what: str) -> Child:
-    """Run ``command`` in ``folder/run`` with a clean environment through :data:`LAUNCHER`; fails on an error.
+def spawn(command: Sequence[str], folder: Path, what: str, env: dict[str, str]) -> Child:
+    """Run ``command`` in ``folder/run`` with a clean environment and ``env`` through :data:`LAUNCHER`; fails on
+    an error.
 
     The launcher, not this process, starts the child: a child's ``ru_maxrss`` never falls below the peak RSS
     of the process that spawned it (Linux records the spawner's high-water mark at ``exec``), and this one
@@ -134,7 +147,7 @@ def spawn(command: Sequence[str], folder: Path, what: str) -> Child:
         process = subprocess.Popen(
             launcher,
             cwd=folder / "run",
-            env=clean_env(),
+            env={**clean_env(), **env},
             stdout=output_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so that a timeout ends the run too
@@ -190,11 +203,12 @@ def read_tracked(measure: Measure, child: Child, cwd: Path, what: str) -> None:
     measure.model = float(model.group(1)) if model else 0.0
 
 
-def run_once(task: str, overrides: Sequence[str], tracking: bool, template: Path | None) -> Measure:
-    """One timed ``python -m framework task=<task> ...`` in a fresh temporary directory."""
-    what = f"`python -m framework task={task}` (tracking {on_off(tracking)})"
+def run_once(task: str, overrides: Sequence[str], mode: str, template: Path | None, servers: Path) -> Measure:
+    """One timed ``python -m framework task=<task> ...`` in a fresh temporary directory, in ``mode`` (warm: with
+    the recorder server of ``servers``; cold: with a folder of recorder servers of its own, empty)."""
+    what = f"`python -m framework task={task}` ({mode})"
     command = [sys.executable, "-m", "framework", f"task={task}", *overrides]
-    if not tracking:
+    if mode == "off":
         command.append("tracking.enabled=false")
     with tempfile.TemporaryDirectory(prefix="end-to-end-bench-") as folder:
         cwd = Path(folder) / "run"
@@ -202,15 +216,35 @@ def run_once(task: str, overrides: Sequence[str], tracking: bool, template: Path
         if template is not None:
             (cwd / "mlruns").mkdir()
             shutil.copy(template, cwd / "mlruns" / "mlflow.db")
-        child = spawn(command, Path(folder), what)
+        env = {FOLDER_ENV: str(servers), IDLE_ENV: "3600"} if mode == "warm" else {}
+        if mode == "cold":
+            env = {FOLDER_ENV: str(Path(folder) / "recorder"), IDLE_ENV: "0"}
+        child = spawn(command, Path(folder), what, env)
         finished = FINISHED.search(child.output)
         if finished is None:
             fail(f"{what}: no 'finished in' line in its output")
         run_end = log_time(finished.group(1)) - child.started_at
-        measure = Measure(task, tracking, child.wall, child.peak_kib / 1024, float(finished.group(2)), run_end)
-        if tracking:
+        measure = Measure(task, mode, child.wall, child.peak_kib / 1024, float(finished.group(2)), run_end)
+        if mode != "off":
             read_tracked(measure, child, cwd, what)
     return measure
+
+
+def server_peak(servers: Path) -> float | None:
+    """The peak RSS (MiB) of the recorder server of ``servers`` (VmHWM), which is then stopped; None if none runs."""
+    for log in servers.glob("*.log"):
+        found = re.search(r"^pid (\d+): loaded", log.read_text(), re.MULTILINE)
+        if found is None:
+            continue
+        pid = int(found.group(1))
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        os.kill(pid, signal.SIGTERM)
+        peak = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        return int(peak.group(1)) / 1024 if peak else None
+    return None
 
 
 def median(measures: Sequence[Measure], value: Callable[[Measure], float | None]) -> float | None:
@@ -223,11 +257,6 @@ def median_run(measures: Sequence[Measure]) -> Measure:
     """The repetition with the median wall time (the lower one of an even number)."""
     ordered = sorted(measures, key=lambda m: m.wall)
     return ordered[(len(ordered) - 1) // 2]
-
-
-def on_off(tracking: bool) -> str:
-    """``on`` or ``off``."""
-    return "on" if tracking else "off"
 
 
 def seconds(value: float | None) -> str:
@@ -252,58 +281,60 @@ def walls(measures: Sequence[Measure]) -> str:
     return f"{statistics.median(values):.2f}{spread}"
 
 
-def task_table(results: dict[tuple[str, bool], list[Measure]], tasks: Sequence[str]) -> str:
-    """Per task: wall time both ways, the overhead, the training loop, startup and peak RSS."""
+def task_table(results: dict[tuple[str, str], list[Measure]], tasks: Sequence[str]) -> str:
+    """Per task: wall time in each mode, the overheads, the training loop, startup and peak RSS."""
     rows = []
     for task in tasks:
-        on, off = results[(task, True)], results[(task, False)]
-        wall_on, wall_off = median(on, lambda m: m.wall), median(off, lambda m: m.wall)
-        assert wall_on is not None and wall_off is not None
+        warm, cold, off = (results[(task, mode)] for mode in MODES)
+        wall = {mode: median(results[(task, mode)], lambda m: m.wall) for mode in MODES}
         rows.append(
             [
                 task,
-                count(median(on, lambda m: m.steps)),
-                walls(on),
-                walls(off),
-                share(wall_on - wall_off, wall_on),
-                seconds(median(on, lambda m: m.loop)),
+                count(median(warm, lambda m: m.steps)),
+                *(walls(results[(task, mode)]) for mode in MODES),
+                *(share(wall[mode] - wall["off"], wall[mode]) for mode in TRACKED),
+                seconds(median(warm, lambda m: m.loop)),
                 seconds(median(off, lambda m: m.finished)),
-                seconds(median(on, lambda m: m.first_step)),
+                seconds(median(warm, lambda m: m.first_step)),
+                seconds(median(cold, lambda m: m.first_step)),
                 seconds(median(off, lambda m: m.run_start)),
-                f"{median(on, lambda m: m.peak_mib):.0f}",
+                f"{median(warm, lambda m: m.peak_mib):.0f}",
                 f"{median(off, lambda m: m.peak_mib):.0f}",
             ]
         )
     header = [
         "task",
         "steps",
-        "wall, tracking on (s)",
-        "wall, tracking off (s)",
-        "tracking overhead (s, % of on)",
-        "training loop, on (s)",
+        "wall, warm (s)",
+        "wall, cold (s)",
+        "wall, off (s)",
+        "tracking overhead, warm (s, % of warm)",
+        "tracking overhead, cold (s, % of cold)",
+        "training loop, warm (s)",
         "engine run, off (s)",
-        "startup to first step, on (s)",
+        "startup to first step, warm (s)",
+        "startup to first step, cold (s)",
         "startup to run start, off (s)",
-        "peak RSS on (MiB)",
+        "peak RSS warm (MiB)",
         "peak RSS off (MiB)",
     ]
     return table(header, rows)
 
 
-def breakdown_table(results: dict[tuple[str, bool], list[Measure]]) -> str:
+def breakdown_table(results: dict[tuple[str, str], list[Measure]]) -> str:
     """Where a run's wall time goes, for the repetition with the median wall time."""
     rows = []
-    for (task, tracking), measures in results.items():
+    for (task, mode), measures in results.items():
         m = median_run(measures)
         first = None if m.first_step is None else m.first_step - m.run_start
         last = None if m.last_step is None else m.run_end - m.last_step
         cells = [share(m.run_start, m.wall), share(m.finished, m.wall), share(first, m.wall), share(m.loop, m.wall)]
         cells += [share(last, m.wall), share(m.model, m.wall), share(m.wall - m.run_end, m.wall)]
         cells.append(share(m.run_created, m.wall))
-        rows.append([task, on_off(tracking), f"{m.wall:.2f}", *cells])
+        rows.append([task, mode, f"{m.wall:.2f}", *cells])
     header = [
         "task",
-        "tracking",
+        "mode",
         "wall (s)",
         "A: start → run start",
         "B: engine run",
@@ -317,25 +348,26 @@ def breakdown_table(results: dict[tuple[str, bool], list[Measure]]) -> str:
     return table(header, rows)
 
 
-def long_table(measures: dict[bool, list[Measure]]) -> str:
-    """The long run with and without tracking: values logged, wall time, engine run, loop, peak RSS, overheads."""
-    wall_on, wall_off = (median(measures[t], lambda m: m.wall) for t in (True, False))
-    loop_on = median(measures[True], lambda m: m.loop)
-    engine_off = median(measures[False], lambda m: m.finished)
-    values = median(measures[True], lambda m: m.values)
-    assert wall_on is not None and wall_off is not None and engine_off is not None
+def long_table(measures: dict[str, list[Measure]]) -> str:
+    """The long run in each mode: values logged, wall time, engine run, loop, peak RSS, overheads."""
+    wall_off = median(measures["off"], lambda m: m.wall)
+    engine_off = median(measures["off"], lambda m: m.finished)
+    assert wall_off is not None and engine_off is not None
     rows = []
-    for tracking in (True, False):
-        runs = measures[tracking]
+    for mode in MODES:
+        runs = measures[mode]
         overhead, in_loop = "–", "–"
-        if tracking:
-            overhead = share(wall_on - wall_off, wall_on)
-            if loop_on is not None and values:
-                bound = max(loop_on - engine_off, 0.0)  # short runs: the untracked evaluation outweighs the loop
+        if mode != "off":
+            wall, loop = median(runs, lambda m: m.wall), median(runs, lambda m: m.loop)
+            values = median(runs, lambda m: m.values)
+            assert wall is not None
+            overhead = share(wall - wall_off, wall)
+            if loop is not None and values:
+                bound = max(loop - engine_off, 0.0)  # short runs: the untracked evaluation outweighs the loop
                 in_loop = f"{bound:.2f} ({1e6 * bound / values:.0f} µs/value)"
         rows.append(
             [
-                on_off(tracking),
+                mode,
                 count(median(runs, lambda m: m.steps)),
                 count(median(runs, lambda m: m.values)),
                 walls(runs),
@@ -347,15 +379,15 @@ def long_table(measures: dict[bool, list[Measure]]) -> str:
             ]
         )
     header = [
-        "tracking",
+        "mode",
         "steps",
         "metric values logged",
         "wall (s)",
         "engine run (s)",
         "training loop (s)",
         "peak RSS (MiB)",
-        "tracking overhead (s, % of on)",
-        "in the loop, at least (s): loop on − engine run off",
+        "tracking overhead (s, % of the tracked wall)",
+        "in the loop, at least (s): loop − engine run off",
     ]
     return table(header, rows)
 
@@ -384,8 +416,12 @@ def header_lines(args: argparse.Namespace, context: dict[str, Any]) -> list[str]
         f"- runs: `python -m framework task=<task>{steps} [tracking.enabled=false]` "
         f"for task in {', '.join(args.tasks)}, and the long run "
         f"`python -m framework task={args.long_task} train.steps={args.long_steps} [tracking.enabled=false]`; "
-        "each in a fresh temporary directory as its cwd, tracking on and off interleaved",
+        "each in a fresh temporary directory as its cwd, the modes interleaved",
         f"- store: {store}",
+        "- modes: warm = tracked, a recorder server already running (started by an unmeasured run first);"
+        " cold = tracked, no recorder server running (the run starts one, which exits with it); off = untracked",
+        f"- the warm recorder server's own peak RSS: {count(context['server_peak'])} MiB (VmHWM; not in any"
+        " run's peak RSS: it is not a child of the runs)",
         "",
     ]
 
@@ -396,20 +432,20 @@ def notes() -> list[str]:
         "- wall: process start to exit (`perf_counter` around `os.posix_spawn` .. `os.wait4` in a bare launcher"
         " process); peak RSS: the child's `ru_maxrss` from `os.wait4` (the launcher's ~10 MiB is its floor).",
         "- engine run: the engine's 'finished in' line, run-started hook to run-ended hook (training, evaluation,"
-        " checkpoint and all tracking hooks); with tracking off that is training + evaluation + checkpoint.",
-        "- training loop (tracking on): the first to the last training step's metric timestamp in MLflow (ms),"
-        " metric flushes included; not observable with tracking off.",
-        "- startup to first step (on): process start to the first step's metric timestamp (interpreter, imports,"
-        " Hydra, building the run, checking the store, one step; MLflow loads in the tracking worker meanwhile);"
-        " startup to run start (off): process start to the engine's run start.",
+        " checkpoint and all tracking hooks); untracked, that is training + evaluation + checkpoint.",
+        "- training loop (tracked): the first to the last training step's metric timestamp in MLflow (ms),"
+        " metric flushes included; not observable untracked.",
+        "- startup to first step (tracked): process start to the first step's metric timestamp (interpreter,"
+        " imports, Hydra, building the run, checking the store, one step; cold: MLflow loads in the recorder"
+        " server meanwhile); startup to run start (off): process start to the engine's run start.",
         "- A + B + C = wall. A: interpreter, imports, Hydra, building and probing the run. B1: the run-started hooks"
         " (tracking: checking the store, the first message to the tracking worker) and step 1. B3: the"
         " final evaluation, samples, figures rendered to PNG, the model's files, the checkpoint, and waiting for"
         " the tracking worker to record everything and close the run (the 'MLflow model' column is the worker's"
         " time for the model). C: after the run: the log line, Hydra, interpreter exit. Run created at: when the"
-        " tracking worker had imported MLflow, opened the store and created the run (its 'Tracking run' line),"
-        " after the process start.",
-        "- tracking overhead: the median wall time with tracking on minus off. In the loop, at least: the tracked"
+        " tracking worker had opened the store and created the run (its 'Tracking run' line; cold: after the"
+        " server had loaded MLflow), after the process start.",
+        "- tracking overhead: the median tracked wall time minus the untracked one. In the loop, at least: the tracked"
         " training loop minus the whole untracked engine run (which holds the untracked loop), per metric value"
         " logged: a lower bound on what logging every step costs inside the loop.",
     ]
@@ -421,7 +457,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tasks", nargs="+", default=None, help=f"the tasks to run (default: {' '.join(TASKS)}); commas also work"
     )
-    parser.add_argument("--repeat", type=int, default=None, help="runs per task and tracking mode (median); default 3")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per task and mode (median); default 3")
     parser.add_argument("--steps", type=int, default=None, help="train.steps of the task runs; default: each task's")
     parser.add_argument(
         "--store",
@@ -448,7 +484,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run every task and the long run, tracking on and off, and print the report."""
+    """Run every task and the long run in every mode, and print the report."""
     args = parse_args(argv)
     context: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -456,32 +492,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
     overrides = [f"train.steps={args.steps}"] if args.steps is not None else []
-    results: dict[tuple[str, bool], list[Measure]] = {(t, on): [] for t in args.tasks for on in (True, False)}
-    long: dict[bool, list[Measure]] = {True: [], False: []}
+    results: dict[tuple[str, str], list[Measure]] = {(t, mode): [] for t in args.tasks for mode in MODES}
+    long: dict[str, list[Measure]] = {mode: [] for mode in MODES}
     total, done = args.repeat * (len(results) + len(long)), 0
 
     def progress(name: str, measure: Measure) -> None:
         nonlocal done
         done += 1
-        print(f"[{done}/{total}] {name}, tracking {on_off(measure.tracking)}: {measure.wall:.2f} s", file=sys.stderr)
+        print(f"[{done}/{total}] {name}, {measure.mode}: {measure.wall:.2f} s", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="end-to-end-bench-store-") as folder:
         template = None
         if args.store == "template":
             context["template"] = create_template(Path(folder))
             template = Path(folder) / "mlflow.db"
+        servers = Path(folder) / "recorder"
+        run_once("counting", ["train.steps=1"], "warm", template, servers)  # starts the warm recorder server
         for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits every mode
-            for task, tracking in results:
-                measure = run_once(task, overrides, tracking, template)
-                results[(task, tracking)].append(measure)
+            for task, mode in results:
+                measure = run_once(task, overrides, mode, template, servers)
+                results[(task, mode)].append(measure)
                 progress(task, measure)
-            for tracking in long:
-                measure = run_once(args.long_task, [f"train.steps={args.long_steps}"], tracking, template)
-                long[tracking].append(measure)
+            for mode in long:
+                measure = run_once(args.long_task, [f"train.steps={args.long_steps}"], mode, template, servers)
+                long[mode].append(measure)
                 progress(f"{args.long_task} ({args.long_steps} steps)", measure)
+        context["server_peak"] = server_peak(servers)
     context["load_after"] = os.getloadavg()
     lines = header_lines(args, context)
-    lines += ["## Per task: tracking on vs off (median" + (", wall min–max)" if args.repeat > 1 else ")"), ""]
+    spread = ", wall min–max)" if args.repeat > 1 else ")"
+    lines += ["## Per task: tracked warm, cold, untracked (median" + spread, ""]
     lines += [task_table(results, args.tasks), ""]
     title = "## Where a run's wall time goes (s, % of its wall time)"
     lines += [title + ("; the repetition with the median wall time" if args.repeat > 1 else ""), ""]

@@ -1,9 +1,9 @@
 """The tracking worker: a process of its own that does everything MLflow does for one run.
 
-``python -m framework.recorder`` is started by the tracker (:mod:`framework.tracking`) when a
-run starts. It imports MLflow and opens the store on the second core while the training process
-trains, so training never waits for either. The training process sends it one JSON object per
-line on standard input; it answers, one JSON object per line, on its standard output:
+The recorder server (:mod:`framework.recorder_server`) forks one for every run the tracker
+(:mod:`framework.tracking`) starts, with MLflow already loaded; it opens the store and records on
+the second core while the training process trains, so training never waits for either. The training
+process sends it one JSON object per line on their connection; it answers, one JSON object per line:
 
 ========================================  ==============================================
 message (``op`` and fields)               what the worker does
@@ -35,6 +35,8 @@ import os
 import queue
 import shlex
 import signal
+import socket
+import struct
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -253,7 +255,6 @@ def read_messages(stream: IO[bytes], inbox: queue.SimpleQueue, started: threadin
 def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
     """Handle messages until ``end``; input ending early closes the run as KILLED."""
     recorder = Recorder(answers)
-    warmed = False  # the model's logging prepared
     while True:
         message = inbox.get()
         if message is None:
@@ -264,30 +265,32 @@ def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
         if message["op"] == "end":
             answers.send("ended")
             return
-        if not warmed and recorder.run_id is not None and inbox.empty():  # idle while the run trains
-            from framework.models import warm_up
-
-            warm_up()
-            warmed = True
 
 
-def main() -> None:
-    """The worker's entry point: answers on the original standard output, anything printed goes to stderr."""
+def serve_connection(connection: socket.socket) -> None:
+    """Record the run at the other end of ``connection``, in a worker forked by the recorder server: take the
+    training process's working folder, environment and standard error from its first bytes (see
+    :class:`framework.recorder_process.RecorderConnection`), then answer its messages on the connection."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
-    answers = Answers(os.fdopen(os.dup(sys.stdout.fileno()), "w"))
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    logging.getLogger().addHandler(answers)
+    size, handed, _, _ = socket.recv_fds(connection, 4, 1)
+    if len(size) < 4:
+        return  # the training process went away before it said anything
+    messages = connection.makefile("rb")
+    hello = json.loads(messages.read(struct.unpack("!I", size)[0]))
+    stderr = handed[0] if handed else os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):  # anything printed goes to the training process's standard error
+        stream.flush()
+        os.dup2(stderr, stream.fileno())
+    os.close(stderr)
+    os.chdir(hello["cwd"])
+    os.environ.clear()
+    os.environ.update(hello["env"])
+    answers = Answers(connection.makefile("w"))
+    logging.getLogger().handlers[:] = [answers]
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
     logging.getLogger("framework.models").setLevel(logging.INFO)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     started = threading.Event()
-    threading.Thread(target=read_messages, args=(sys.stdin.buffer, inbox, started), daemon=True).start()
-    import mlflow  # noqa: F401 - while the training process trains
-
+    threading.Thread(target=read_messages, args=(messages, inbox, started), daemon=True).start()
     serve(inbox, answers)
-    os._exit(0)  # skip collecting MLflow's objects at exit
-
-
-if __name__ == "__main__":
-    main()

@@ -1,28 +1,49 @@
 """The training process's end of the tracking worker (:mod:`framework.recorder`).
 
-Light on purpose: ``python -m framework`` starts a worker from here before it imports anything
-else (:func:`prewarm`), so that MLflow loads on the second core while Hydra composes the config and
-the engine builds and trains the run. Nothing here imports MLflow, numpy or Hydra.
+Each tracked run talks to a worker of its own: a process forked, for the run, by the recorder server
+(:mod:`framework.recorder_server`), which has MLflow loaded and stays up between runs. The server is
+found by its socket; when there is none, the first run starts one, and its worker waits for MLflow to
+load on the second core while the run trains, as a worker of its own would. Every later run with the
+same interpreter, framework code and MLflow gets a worker with MLflow loaded. The server exits after
+``FRAMEWORK_RECORDER_IDLE`` seconds (default 900) with no run to record.
+
+Light on purpose: ``python -m framework`` starts the server from here before it imports anything else
+(:func:`prewarm`). Nothing here imports MLflow, numpy or Hydra.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import logging
+import os
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("framework.tracking")
 
 SUBCOMMANDS = ("list", "docs", "migrate", "cleanup")  # `python -m framework <word>`: no run, no worker
-MULTIRUN_FLAGS = ("-m", "--multirun")  # the jobs start their own workers, wherever they run
+MULTIRUN_FLAGS = ("-m", "--multirun")  # each job connects when it starts, wherever it runs
 TRACKING_SWITCH = "tracking.enabled"
+IDLE_ENV = "FRAMEWORK_RECORDER_IDLE"  # seconds the server waits for another run before it exits
+DEFAULT_IDLE = 900.0
+FOLDER_ENV = "FRAMEWORK_RECORDER_DIR"  # where servers keep their sockets; default <tmp>/framework-recorder-<uid>
+IDENTITY_ENV_PREFIX = "MLFLOW_"  # MLflow's settings, some read when it is imported: a server per value
+LOADED = ("mlflow", "sqlalchemy", "pandas", "matplotlib", "numpy")  # what a server loads: a new server when one changes
+CONNECT_TIMEOUT = 60.0  # seconds for a starting server to listen
+RESTART_AFTER = 0.2  # seconds before starting a server again when the last one found another running
 
-_spare: RecorderProcess | None = None  # started by prewarm(), taken by the run's tracker
+_starting: subprocess.Popen | None = None  # the server this process started, until it listens
 
 
 class TrackingError(RuntimeError):
@@ -36,14 +57,116 @@ def plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-class RecorderProcess:
-    """A tracking worker: messages go to its standard input as JSON lines; a thread reads its answers,
-    so that the run's id is logged as soon as the run exists and a failure is seen at the next check."""
+def idle_seconds() -> float:
+    """``$FRAMEWORK_RECORDER_IDLE`` (seconds >= 0), else :data:`DEFAULT_IDLE`."""
+    text = os.environ.get(IDLE_ENV, "").strip()
+    if not text:
+        return DEFAULT_IDLE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise TrackingError(f"{IDLE_ENV}={text}: expected a number of seconds >= 0 (0: the server exits with its run)")
+    return seconds
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "framework.recorder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+
+def identity() -> str:
+    """The server a run may use: a hash of this interpreter, the framework's modules and those of the packages
+    a server loads (:data:`LOADED`, found as this process would import them; their path, size and time) and
+    the ``MLFLOW_*`` environment: a change to any of them needs a new server. (Every other variable goes to the
+    worker with each run.)"""
+    package = Path(__file__).resolve().parent
+    found = [importlib.util.find_spec(name) for name in LOADED]
+    parts = [sys.executable, *(spec.origin if spec and spec.origin else "missing" for spec in found)]
+    for path in [*sorted(package.glob("*.py")), *(Path(spec.origin) for spec in found if spec and spec.origin)]:
+        stat = path.stat()
+        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    parts += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(IDENTITY_ENV_PREFIX))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def server_address() -> Path:
+    """The socket of the recorder server for this process: ``<folder>/<identity>.sock`` in a folder only
+    this user can enter (``$FRAMEWORK_RECORDER_DIR``, default ``<tmp>/framework-recorder-<uid>``): whoever
+    connects gets a worker that writes files as this user."""
+    folder = Path(os.environ.get(FOLDER_ENV) or Path(tempfile.gettempdir()) / f"framework-recorder-{os.getuid()}")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = folder.stat()
+    except OSError as error:
+        raise TrackingError(f"cannot create the tracking worker's folder {folder}: {error.strerror}") from None
+    if status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise TrackingError(
+            f"the tracking worker's folder {folder} is open to other users (owner uid {status.st_uid}, mode "
+            f"{status.st_mode & 0o777:o}): set {FOLDER_ENV} to a folder only you can enter (mode 700)"
         )
+    return folder / f"{identity()}.sock"
+
+
+def start_server(address: Path, idle: float) -> subprocess.Popen:
+    """Start a recorder server for ``address`` that exits after ``idle`` seconds without a run, in a session of its
+    own (Ctrl-C and the terminal closing do not reach it); it exits at once if another one runs."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "framework.recorder_server", str(address), str(idle)],
+        cwd=Path(__file__).resolve().parents[1],  # `-m framework...` finds this framework first
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # what it says before it opens its log: read if it fails to start
+        start_new_session=True,
+    )
+
+
+def try_connect(address: Path) -> socket.socket | None:
+    """A connection to the server listening at ``address``, None if none does."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(str(address))
+    except (FileNotFoundError, ConnectionRefusedError):
+        connection.close()
+        return None
+    return connection
+
+
+def connect(address: Path, idle: float, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    """A connection to the recorder server at ``address``, starting one (see :func:`start_server`) if none listens."""
+    global _starting
+    deadline, started_at = time.monotonic() + timeout, -RESTART_AFTER
+    while (connection := try_connect(address)) is None:
+        server, now = _starting, time.monotonic()
+        if server is not None and server.poll() not in (None, 0):
+            _starting = None
+            said = server.stderr.read().decode(errors="replace").strip().splitlines()
+            raise TrackingError(
+                f"the tracking worker's server did not start (exit code {server.returncode})"
+                + (f": {said[-1]}" if said else "")
+            )
+        if (server is None or server.poll() == 0) and now - started_at >= RESTART_AFTER:
+            _starting, started_at = start_server(address, idle), now
+        if now > deadline:
+            raise TrackingError(f"the tracking worker's server at {address} did not listen within {timeout:.0f} s")
+        time.sleep(0.005)
+    return connection
+
+
+class RecorderConnection:
+    """A run's connection to its tracking worker: messages go to it as JSON lines; a thread reads its answers,
+    so that the run's id is logged as soon as the run exists and a failure is seen at the next check.
+
+    The first bytes tell the worker this process's working folder and environment, and hand it this process's
+    standard error, where its warnings go."""
+
+    def __init__(self, connection: socket.socket, server_log: Path) -> None:
+        self.socket = connection
+        self.server_log = server_log
+        hello = json.dumps({"cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        message = struct.pack("!I", len(hello)) + hello
+        try:
+            sent = socket.send_fds(self.socket, [message], [sys.stderr.fileno()])
+        except (OSError, ValueError):  # no standard error to hand over
+            sent = self.socket.send(message)
+        self.socket.sendall(message[sent:])
+        self.output = self.socket.makefile("wb")
         self.run_id: str | None = None
         self.failure: str | None = None
         self.ended = threading.Event()
@@ -53,10 +176,10 @@ class RecorderProcess:
     def send(self, op: str, **fields: Any) -> None:
         """Send ``{"op": op, **fields}``; a worker that is gone is a failure (raised by :meth:`check`)."""
         try:
-            self.process.stdin.write(json.dumps({"op": op, **fields}, default=plain).encode() + b"\n")
-            self.process.stdin.flush()
+            self.output.write(json.dumps({"op": op, **fields}, default=plain).encode() + b"\n")
+            self.output.flush()
         except OSError:
-            self.failure = self.failure or f"the tracking worker stopped (exit code {self.process.wait()})"
+            self.failure = self.failure or self.stopped()
 
     def check(self) -> None:
         """Raise :class:`TrackingError` if recording failed."""
@@ -66,24 +189,30 @@ class RecorderProcess:
     def close(self) -> None:
         """Wait until the worker has recorded everything it was sent and exited."""
         with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        self.process.wait()
+            self.output.close()
+            self.socket.shutdown(socket.SHUT_WR)
         self.reader.join()
+        self.socket.close()
 
     def _read_answers(self) -> None:
-        for line in self.process.stdout:
-            answer = json.loads(line)
-            if answer["op"] == "started":
-                self.run_id = answer["run_id"]
-                log.info("Tracking run %s", self.run_id)
-            elif answer["op"] == "log":
-                log.log(answer["level"], "%s", answer["message"])
-            elif answer["op"] == "error":
-                self.failure = answer["message"]
-            elif answer["op"] == "ended":
-                self.ended.set()
+        with contextlib.suppress(OSError):
+            for line in self.socket.makefile("rb"):
+                answer = json.loads(line)
+                if answer["op"] == "started":
+                    self.run_id = answer["run_id"]
+                    log.info("Tracking run %s", self.run_id)
+                elif answer["op"] == "log":
+                    log.log(answer["level"], "%s", answer["message"])
+                elif answer["op"] == "error":
+                    self.failure = answer["message"]
+                elif answer["op"] == "ended":
+                    self.ended.set()
         if not self.ended.is_set() and self.failure is None:
-            self.failure = f"the tracking worker stopped (exit code {self.process.wait()})"
+            self.failure = self.stopped()
+
+    def stopped(self) -> str:
+        """The failure of a worker that went away without a word."""
+        return f"the tracking worker stopped (its server's log: {self.server_log})"
 
 
 def tracking_switched_off(args: Sequence[str]) -> bool:
@@ -93,24 +222,23 @@ def tracking_switched_off(args: Sequence[str]) -> bool:
 
 
 def prewarm(args: Sequence[str]) -> None:
-    """Start a spare worker for the single run that the command line ``args`` will likely start.
+    """Start the recorder server now if the command line ``args`` will likely start a tracked run and none runs,
+    so that MLflow loads on the second core while Hydra composes the config and the engine builds the run.
 
-    Not for a subcommand, a multirun or ``tracking.enabled=false``: a worker loading MLflow for
-    nothing takes a second of the other core and slows this one, which shares the machine's caches
-    with it (an untracked counting run took 0.90 s with it, 0.84 s without). If no run takes it
-    (tracking switched off in a config file, a bad config), it exits with this process, having
-    recorded nothing.
+    Not for a subcommand or ``tracking.enabled=false`` (a server loading MLflow for nothing takes a second of
+    the other core and slows this one, which shares the machine's caches with it); a multirun's jobs connect
+    when they start. A problem here is left for the run to report.
     """
-    global _spare
+    global _starting
     if (args and args[0] in SUBCOMMANDS) or any(arg in MULTIRUN_FLAGS for arg in args) or tracking_switched_off(args):
         return
-    _spare = RecorderProcess()
+    with contextlib.suppress(TrackingError):
+        address, idle = server_address(), idle_seconds()
+        if not address.exists():  # a server removes its socket when it exits; one killed is replaced on connect
+            _starting = start_server(address, idle)
 
 
-def take() -> RecorderProcess:
-    """The spare worker if there is one that still runs, else a new one."""
-    global _spare
-    spare, _spare = _spare, None
-    if spare is not None and spare.process.poll() is None:
-        return spare
-    return RecorderProcess()
+def open_worker() -> RecorderConnection:
+    """A connection to a new tracking worker for one run (see :class:`RecorderConnection`)."""
+    address, idle = server_address(), idle_seconds()
+    return RecorderConnection(connect(address, idle), address.with_suffix(".log"))

@@ -36,7 +36,7 @@ import yaml
 from framework.hookspecs import hookimpl
 from framework.model_files import export
 from framework.protocols import Evaluation, Predictor, RunInfo, Task
-from framework.recorder_process import RecorderProcess, TrackingError, take
+from framework.recorder_process import RecorderConnection, TrackingError, open_worker
 
 log = logging.getLogger(__name__)
 
@@ -311,15 +311,16 @@ def fetch_run(setting: str | None, launch_dir: Path, run_id: str, into: Path) ->
 class MlflowTracker:
     """Records each run in MLflow through a tracking worker process: the training process never imports MLflow.
 
-    The worker (:mod:`framework.recorder`) starts when the run starts and imports MLflow and opens the
-    store while training runs; every event becomes a message to it. Metrics are buffered and sent
-    ``tracking.flush_every`` values at a time; figures are rendered to PNG files and sent by name;
-    the trained network is exported to files (:mod:`framework.model_files`) that the worker logs as
-    the run's model. At the end of the run the tracker waits for the worker to record everything.
+    The worker (:mod:`framework.recorder`), forked for the run by the recorder server that keeps MLflow
+    loaded (:mod:`framework.recorder_server`), opens the store and records while training runs; every
+    event becomes a message to it. Metrics are buffered and sent ``tracking.flush_every`` values at a
+    time; figures are rendered to PNG files and sent by name; the trained network is exported to files
+    (:mod:`framework.model_files`) that the worker logs as the run's model. At the end of the run the
+    tracker waits for the worker to record everything.
     """
 
     def __init__(self) -> None:
-        self.worker: RecorderProcess | None = None
+        self.worker: RecorderConnection | None = None
         self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
         self.flush_every = 1000
         self.scratch: tempfile.TemporaryDirectory | None = None  # figures and model files until they are logged
@@ -336,7 +337,7 @@ class MlflowTracker:
         check_store(uri)
         self.scratch = tempfile.TemporaryDirectory(prefix="framework-tracking-")
         fallback = (run.output_dir or run.launch_dir) / FALLBACK
-        self.worker = take()
+        self.worker = open_worker()
         self.worker.send(
             "start",
             uri=uri,

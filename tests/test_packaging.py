@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import site
 import subprocess
@@ -26,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTION = "rnn-tutorial-framework"
@@ -39,13 +39,9 @@ NOT_SOURCE = shutil.ignore_patterns(
 
 
 def isolated_env() -> dict[str, str]:
-    """The environment of a subprocess: nothing that redirects imports, tracking or plugins."""
+    """The environment of a subprocess: a CLI's (:func:`conftest.clean_env`) without what redirects imports."""
     dropped = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in dropped and not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
-    }
+    env = {k: v for k, v in clean_env().items() if k not in dropped}
     env["PIP_NO_INPUT"] = "1"
     return env
 

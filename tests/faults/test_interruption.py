@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import clean_env, descendants, runs_of
+from conftest import clean_env, runs_of
 
 from framework import checkpoint
 from framework.cleanup import PROCESS_TAG, process_tag
@@ -81,8 +81,9 @@ def framework_metrics(run, step, metrics):
 """
 
 
-def wait_for_recorded_checkpoint(process: subprocess.Popen, store) -> None:
-    """Wait until the store holds the run's first checkpoint (the tracking worker records it while training goes on)."""
+def wait_for_recorded_checkpoint(process: subprocess.Popen, store) -> str:
+    """Wait until the store holds the run's first checkpoint (the tracking worker records it while training goes on);
+    the run's process tag, which names its tracking worker."""
     deadline = time.monotonic() + 120
     while True:
         assert process.poll() is None, process.communicate()
@@ -90,28 +91,29 @@ def wait_for_recorded_checkpoint(process: subprocess.Popen, store) -> None:
         experiment = store.get_experiment_by_name("counting")
         runs = store.search_runs([experiment.experiment_id]) if experiment else []
         if runs and store.list_artifacts(runs[0].info.run_id, "checkpoints"):
-            return
+            return runs[0].data.tags[PROCESS_TAG]
         time.sleep(0.1)
 
 
 def test_a_run_killed_with_its_worker_is_cleaned_up_then_resumed(cli, install_plugin, default_store, tmp_path):
-    """SIGKILL to the whole process group mid-run (training process and tracking worker) -> the run stays RUNNING;
+    """SIGKILL to the training process and its tracking worker mid-run -> the run stays RUNNING;
     `python -m framework cleanup` marks it FAILED (its process is gone) and leaves live or young runs alone;
     resume=<run id> continues it from its last checkpoint to FINISHED, every step recorded."""
     steps = 20000
     env = install_plugin("paced", PACED)
     process = start(tmp_path, f"train.steps={steps}", "train.checkpoint_every=500", env=env)
     try:
-        wait_for_recorded_checkpoint(process, default_store)
-        worker = {process_tag(pid) for pid in descendants(process.pid)}  # the tracking worker, which closes runs
+        tag = wait_for_recorded_checkpoint(process, default_store)
+        worker = int(tag.split(":")[1])  # the tracking worker, which closes runs (forked by the recorder server)
+        assert tag == process_tag(worker)  # alive
         os.killpg(process.pid, signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
         process.wait(timeout=60)
     finally:
         process.kill()
     (killed,) = runs_of(default_store, "counting")
     assert killed.info.status == "RUNNING"  # nobody was left to record its end
-    tag = killed.data.tags[PROCESS_TAG]
-    assert tag in worker
+    assert killed.data.tags[PROCESS_TAG] == tag
     experiment = killed.info.experiment_id
     alive = default_store.create_run(experiment, run_name="alive", tags={PROCESS_TAG: process_tag()}).info.run_id
     two_days_ago = int((time.time() - 2 * 86400) * 1000)
