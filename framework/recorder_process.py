@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import queue
 import socket
 import struct
 import subprocess
@@ -150,8 +151,10 @@ def connect(address: Path, idle: float, timeout: float = CONNECT_TIMEOUT) -> soc
 
 
 class RecorderConnection:
-    """A run's connection to its tracking worker: messages go to it as JSON lines; a thread reads its answers,
-    so that the run's id is logged as soon as the run exists and a failure is seen at the next check.
+    """A run's connection to its tracking worker: messages go to it as JSON lines, written by a thread of their own
+    (a run whose server is still loading MLflow trains on: the messages wait here, not in a full socket); another
+    thread reads its answers, so that the run's id is logged as soon as the run exists and a failure is seen at
+    the next check.
 
     The first bytes tell the worker this process's working folder and environment, and hand it this process's
     standard error, where its warnings go."""
@@ -166,20 +169,18 @@ class RecorderConnection:
         except (OSError, ValueError):  # no standard error to hand over
             sent = self.socket.send(message)
         self.socket.sendall(message[sent:])
-        self.output = self.socket.makefile("wb")
         self.run_id: str | None = None
         self.failure: str | None = None
         self.ended = threading.Event()
+        self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.writer = threading.Thread(target=self._write_messages, daemon=True)
         self.reader = threading.Thread(target=self._read_answers, daemon=True)
+        self.writer.start()
         self.reader.start()
 
     def send(self, op: str, **fields: Any) -> None:
         """Send ``{"op": op, **fields}``; a worker that is gone is a failure (raised by :meth:`check`)."""
-        try:
-            self.output.write(json.dumps({"op": op, **fields}, default=plain).encode() + b"\n")
-            self.output.flush()
-        except OSError:
-            self.failure = self.failure or self.stopped()
+        self.outbox.put(json.dumps({"op": op, **fields}, default=plain).encode() + b"\n")
 
     def check(self) -> None:
         """Raise :class:`TrackingError` if recording failed."""
@@ -188,11 +189,20 @@ class RecorderConnection:
 
     def close(self) -> None:
         """Wait until the worker has recorded everything it was sent and exited."""
+        self.outbox.put(None)
+        self.writer.join()
         with contextlib.suppress(OSError):
-            self.output.close()
             self.socket.shutdown(socket.SHUT_WR)
         self.reader.join()
         self.socket.close()
+
+    def _write_messages(self) -> None:
+        while (data := self.outbox.get()) is not None:
+            try:
+                self.socket.sendall(data)
+            except OSError:
+                self.failure = self.failure or self.stopped()
+                return
 
     def _read_answers(self) -> None:
         with contextlib.suppress(OSError):

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 
@@ -178,3 +182,34 @@ def test_the_server_depends_on_the_framework_code_and_mlflow_settings(monkeypatc
     finally:
         os.utime(module, ns=(times.st_atime_ns, times.st_mtime_ns))
     assert recorder_process.identity() == first
+
+
+def test_a_run_never_waits_for_a_worker_that_does_not_read_yet(tmp_path):
+    """A cold server accepts a run's connection only once it has loaded MLflow: meanwhile the run's messages (more
+    than a socket holds) wait in the training process, which trains on; the worker then gets all of them, in order."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "server.sock"))
+    listener.listen()
+    connection = recorder_process.RecorderConnection(
+        recorder_process.try_connect(tmp_path / "server.sock"), tmp_path / "server.log"
+    )
+    entries = [["loss", 0.5, 0, step] for step in range(1000)]
+    sender = threading.Thread(
+        target=lambda: [connection.send("metrics", entries=entries) for _ in range(200)], daemon=True
+    )
+    sender.start()
+    sender.join(timeout=60)
+    assert not sender.is_alive(), "send() waited for the worker"
+    worker, _ = listener.accept()
+    size, _, _, _ = socket.recv_fds(worker, 4, 1)
+    received = worker.makefile("rb")
+    hello = json.loads(received.read(struct.unpack("!I", size)[0]))
+    assert hello["cwd"] == os.getcwd()
+    closing = threading.Thread(target=connection.close)
+    closing.start()
+    messages = [json.loads(line) for line in received]  # until the training process has sent everything
+    assert messages == [{"op": "metrics", "entries": entries}] * 200
+    received.close()
+    worker.close()  # the worker exits: the training process's close() returns
+    closing.join(timeout=60)
+    assert not closing.is_alive()
