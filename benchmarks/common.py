@@ -56,9 +56,16 @@ def gist(text: str) -> str:
     return lines[0] if lines else "(no output)"
 
 
+RECORDER_FOLDER = "FRAMEWORK_RECORDER_DIR"  # where the recorder servers live: not a setting of the runs, kept
+
+
 def clean_env() -> dict[str, str]:
-    """This environment without MLFLOW_*, FRAMEWORK_* and HYDRA_* variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))}
+    """This environment without MLFLOW_*, FRAMEWORK_* (but :data:`RECORDER_FOLDER`) and HYDRA_* variables."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k == RECORDER_FOLDER or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
+    }
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -63,13 +63,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PROG, blas_kernels, clean_env, fail, gist, require_positive, table
+from common import PROG, RECORDER_FOLDER, blas_kernels, clean_env, fail, gist, require_positive, table
 
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
 MODES = ("warm", "cold", "off")  # tracked with a running recorder server, tracked starting one, untracked
 TRACKED = ("warm", "cold")
-FOLDER_ENV, IDLE_ENV = "FRAMEWORK_RECORDER_DIR", "FRAMEWORK_RECORDER_IDLE"
+IDLE_ENV = "FRAMEWORK_RECORDER_IDLE"
 LOG_TIME = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
 FINISHED = re.compile(LOG_TIME + r"\[framework\.engine\]\[INFO\] - \S+ finished in ([0-9.]+) s", re.MULTILINE)
 TRACKING_RUN = re.compile(LOG_TIME + r"\[framework\.tracking\]\[INFO\] - Tracking run ([0-9a-f]+)$", re.MULTILINE)
@@ -216,9 +216,9 @@ def run_once(task: str, overrides: Sequence[str], mode: str, template: Path | No
         if template is not None:
             (cwd / "mlruns").mkdir()
             shutil.copy(template, cwd / "mlruns" / "mlflow.db")
-        env = {FOLDER_ENV: str(servers), IDLE_ENV: "3600"} if mode == "warm" else {}
+        env = {RECORDER_FOLDER: str(servers), IDLE_ENV: "3600"} if mode == "warm" else {}
         if mode == "cold":
-            env = {FOLDER_ENV: str(Path(folder) / "recorder"), IDLE_ENV: "0"}
+            env = {RECORDER_FOLDER: str(Path(folder) / "recorder"), IDLE_ENV: "0"}
         child = spawn(command, Path(folder), what, env)
         finished = FINISHED.search(child.output)
         if finished is None:

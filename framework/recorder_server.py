@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import IO
 
@@ -36,20 +37,26 @@ def load() -> None:
 
 
 def fork_worker(connection: socket.socket, listener: socket.socket, lock: IO[str]) -> int:
-    """Fork the worker of the run at the other end of ``connection``; its pid."""
+    """Fork the worker of the run at the other end of ``connection``; its pid. A worker that fails prints the
+    traceback on its standard error (the run's, once it has taken it; before, this server's log) and exits 1."""
     pid = os.fork()
     if pid:
         connection.close()
         print(f"worker {pid}", flush=True)
         return pid
+    code = 0
     try:
         listener.close()
         lock.close()  # the server's lock is released when the server exits, whatever its workers do
         from framework.recorder import serve_connection
 
         serve_connection(connection)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
     finally:
-        os._exit(0)  # skip collecting MLflow's objects at exit
+        sys.stderr.flush()
+        os._exit(code)  # skip collecting MLflow's objects at exit
 
 
 def reap(workers: set[int]) -> None:

@@ -104,6 +104,18 @@ def test_a_tracked_run_starts_a_server_that_forks_its_worker_then_exits_when_idl
     assert logged(servers, "loaded") == [server.pid]
 
 
+def test_a_worker_that_fails_leaves_its_traceback_in_the_servers_log(servers):
+    """A connection whose first bytes are not a run's: the worker fails before it takes the run's standard error."""
+    recorder_process.prewarm(["task=counting"])
+    connection = recorder_process.connect(recorder_process.server_address(), 0.0)
+    connection.sendall(struct.pack("!I", 9) + b"not json\n")
+    assert connection.recv(1) == b""  # the worker is gone
+    connection.close()
+    assert recorder_process._starting.wait(timeout=60) == 0  # the server stays up for the next run: idle 0 here
+    (log,) = servers.glob("*.log")
+    assert "json.decoder.JSONDecodeError" in log.read_text()
+
+
 def test_a_server_whose_socket_is_deleted_exits(servers, monkeypatch):
     """As when CI deletes its folder at the end: nobody can reach the server any more."""
     monkeypatch.setenv(IDLE_ENV, "3600")
