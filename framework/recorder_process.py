@@ -134,15 +134,14 @@ def connect(address: Path, idle: float, timeout: float = CONNECT_TIMEOUT) -> soc
     global _starting
     deadline, started_at = time.monotonic() + timeout, -RESTART_AFTER
     while (connection := try_connect(address)) is None:
-        server, now = _starting, time.monotonic()
-        if server is not None and server.poll() not in (None, 0):
+        now, code = time.monotonic(), None if _starting is None else _starting.poll()
+        if code not in (None, 0):
+            said = _starting.stderr.read().decode(errors="replace").strip().splitlines()
             _starting = None
-            said = server.stderr.read().decode(errors="replace").strip().splitlines()
             raise TrackingError(
-                f"the tracking worker's server did not start (exit code {server.returncode})"
-                + (f": {said[-1]}" if said else "")
+                f"the tracking worker's server did not start (exit code {code})" + (f": {said[-1]}" if said else "")
             )
-        if (server is None or server.poll() == 0) and now - started_at >= RESTART_AFTER:
+        if (_starting is None or code == 0) and now - started_at >= RESTART_AFTER:  # none, or another one runs
             _starting, started_at = start_server(address, idle), now
         if now > deadline:
             raise TrackingError(f"the tracking worker's server at {address} did not listen within {timeout:.0f} s")

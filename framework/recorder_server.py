@@ -79,12 +79,13 @@ def serve(listener: socket.socket, lock: IO[str], address: Path, idle: float) ->
         reap(workers)
         now = time.monotonic()
         if workers:
-            last_busy = now
+            last_busy, wait = now, 1.0  # the idle time starts when the last worker has exited
         elif now - last_busy >= idle:
             break
-        if select.select([listener], [], [], min(1.0, max(idle - (now - last_busy), 0.01)))[0]:
+        else:
+            wait = min(1.0, idle - (now - last_busy))
+        if select.select([listener], [], [], wait)[0]:
             workers.add(fork_worker(listener.accept()[0], listener, lock))
-            last_busy = time.monotonic()
     address.unlink(missing_ok=True)  # from here on, a run starts a new server
     listener.setblocking(False)
     with contextlib.suppress(BlockingIOError):
