@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -102,8 +104,8 @@ class FlowRecorder:
         ratios = {RATIO: ratio(flow.hidden), MEMORY_RATIO: None if flow.memory is None else ratio(flow.memory)}
         return {name: value for name, value in ratios.items() if value is not None}
 
-    def figures(self) -> dict[str, Any]:
-        """{'gradient_flow': the heatmap} once a flow with a positive norm was recorded, else {}."""
+    def figures(self) -> dict[str, Callable[[], Any]]:
+        """{'gradient_flow': a function drawing the heatmap} once a flow with a positive norm was recorded, else {}."""
         panels = {"$\\|\\partial L / \\partial h_k\\|$": matrix([f.hidden for f in self.flows])}
         memories = [f.memory for f in self.flows if f.memory is not None]
         if len(memories) == len(self.flows):
@@ -111,7 +113,7 @@ class FlowRecorder:
         panels = {name: values for name, values in panels.items() if np.any(values > 0)}
         if not panels:
             return {}
-        return {FIGURE: heatmap(np.array(self.steps), panels, self.task)}
+        return {FIGURE: partial(heatmap, np.array(self.steps), panels, self.task)}
 
 
 def matrix(rows: list[np.ndarray]) -> np.ndarray:

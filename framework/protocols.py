@@ -63,13 +63,25 @@ class StepResult:
 
 @dataclass
 class Evaluation:
-    """What a task reports when evaluated: numbers, sampled outputs, pictures."""
+    """What a task reports when evaluated: numbers, sampled outputs, pictures.
+
+    A figure is a function that draws it (``functools.partial(draw, data)``) returning a matplotlib
+    Figure, so that only a run that records figures draws them: an untracked run never imports
+    matplotlib (a third of counting's untracked run went on figures nobody saw). The recorder calls it
+    in the ``framework_evaluation`` hook, while the task is as it was evaluated. A Figure itself is
+    taken too.
+    """
 
     metrics: dict[str, float] = field(default_factory=dict)
     samples: dict[str, str] = field(default_factory=dict)  # name -> text
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {column: values}
-    figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+    figures: dict[str, Callable[[], Any]] = field(default_factory=dict)  # name -> draws a matplotlib Figure
     stop: bool = False  # ask the engine to stop training now (e.g. the task is solved)
+
+    def drawn_figures(self) -> Iterator[tuple[str, Any]]:
+        """(name, matplotlib Figure) for each of ``figures``, drawn one at a time as it is asked for."""
+        for name, figure in self.figures.items():
+            yield name, figure() if callable(figure) else figure
 
 
 class Cell(Protocol):

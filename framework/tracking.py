@@ -377,7 +377,7 @@ class MlflowTracker:
             self.worker.send("text", data=text, path=f"samples/{folder}{name}.txt")
         for name, table in evaluation.tables.items():
             self.worker.send("table", data=table, path=f"tables/{folder}{name}.json")
-        for name, figure in evaluation.figures.items():
+        for name, figure in evaluation.drawn_figures():
             path = Path(self.scratch.name) / "figures" / folder / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -186,7 +187,7 @@ class AdderTask:
         }
         shown = self.show_rng.choice(len(self.a), size=min(self.config.shown, len(self.a)), replace=False)
         table = self.sums_table(shown, predicted, error, right)
-        figures = {"right_sums": self.right_sums_figure(right)} if final and self.every_pair else {}
+        figures = {"right_sums": partial(self.right_sums_figure, right)} if final and self.every_pair else {}
         return Evaluation(
             metrics=metrics,
             samples={"sums": self.sums_text(step, table)},

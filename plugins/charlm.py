@@ -17,6 +17,7 @@ import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from numbers import Integral, Real
 from pathlib import Path
@@ -235,7 +236,7 @@ class CharLMTask:
             "names": [", ".join(w.names) for w in self.written],
         }
         metrics = {"bits_per_char": self.bits_per_char()}
-        figures = {"smooth_loss": self.smooth_loss_figure(history)}
+        figures = {"smooth_loss": partial(self.smooth_loss_figure, history)}
         return Evaluation(metrics=metrics, samples=samples, tables={"names_by_step": table}, figures=figures)
 
     def smooth_loss_figure(self, history: Mapping[str, Sequence[float]]):

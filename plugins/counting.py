@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -101,7 +102,10 @@ class CountingTask:
         figures = {}
         if final and len(self.weights) == 2:
             path = np.array([[self.start["w_x"], *history["w_x"]], [self.start["w_rec"], *history["w_rec"]]])
-            figures = {"cost_surface": self.cost_surface_figure(path), "gradient_over_time": self.gradient_figure()}
+            figures = {
+                "cost_surface": partial(self.cost_surface_figure, path),
+                "gradient_over_time": self.gradient_figure,
+            }
         return Evaluation(metrics=metrics, samples={"test_output": sample}, figures=figures)
 
     def count(self, bits: str) -> float:

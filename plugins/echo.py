@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -245,7 +246,10 @@ class EchoTask:
             stop=learnt(self.accuracies, self.config.stop_accuracy, self.config.patience),
         )
         if final:
-            evaluation.figures = {"loss": loss_figure(history["loss"]), "window": window_figure(*last, start)}
+            evaluation.figures = {
+                "loss": partial(loss_figure, history["loss"]),
+                "window": partial(window_figure, *last, start),
+            }
         return evaluation
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -279,7 +280,7 @@ class Seq2SeqTask:
         lines = [f"{w:<{width}} -> {t:<{width}} ({m})" for w, t, m in zip(words, translations, marks, strict=True)]
         sample = f"after {step} steps, {sum(correct)} of {len(correct)} pairs right:\n" + "\n".join(lines) + "\n"
         table = {"word": words, "translation": translations, "expected": expected, "result": marks}
-        figures = {"decoder_probabilities": self.probabilities_figure(words)} if final else {}
+        figures = {"decoder_probabilities": partial(self.probabilities_figure, words)} if final else {}
         return Evaluation(
             metrics=metrics,
             samples={"translations": sample},

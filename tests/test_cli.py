@@ -304,9 +304,10 @@ def test_tracking_location_uri_env_and_disabled(tmp_path, store_template):
         # even when Hydra makes its output folder the working directory
         launch(uri_dir, "tracking.uri=sqlite:///other.db", "hydra.job.chdir=true", "train.steps=5"),
         launch(env_dir, "train.steps=5", env={"MLFLOW_TRACKING_URI": f"sqlite:///{env_db}"}),
-        launch(off_dir, "tracking.enabled=false", "train.steps=5"),
+        launch(off_dir, "tracking.enabled=false", "train.steps=5", env={"PYTHONPROFILEIMPORTTIME": "1"}),
     ]
-    for result in [finish(process) for process in started]:
+    results = [finish(process) for process in started]
+    for result in results:
         assert result.returncode == 0, result.stderr
 
     # a relative sqlite URI is relative to the launch directory, not Hydra's output folder
@@ -325,9 +326,11 @@ def test_tracking_location_uri_env_and_disabled(tmp_path, store_template):
     assert run.info.status == "FINISHED"
     assert not (env_dir / "mlruns").exists()
 
-    # tracking.enabled=false records nothing anywhere
+    # tracking.enabled=false records nothing anywhere, and draws no figure: matplotlib is never imported
     assert not list(off_dir.rglob("mlruns"))
     assert not list(off_dir.rglob("*.db"))
+    imported = [line.rsplit("|", 1)[-1].strip() for line in results[2].stderr.splitlines() if "import time:" in line]
+    assert "numpy" in imported and not [name for name in imported if name.startswith("matplotlib")]
 
 
 def test_two_runs_started_at_once_into_a_fresh_store(tmp_path):

@@ -117,7 +117,7 @@ def test_the_recorder_measures_when_due_and_draws_a_heatmap():
     metrics = [recorder.metrics(step, rnn if step == 4 else lstm) for step in range(5)]
     assert metrics == [{RATIO: 1.0, MEMORY_RATIO: 1.0}, {}, {RATIO: 1.0, MEMORY_RATIO: 1.0}, {}, {RATIO: 1.0}]
     assert recorder.steps == [0, 2, 4]
-    figure = recorder.figures()[FIGURE]
+    figure = recorder.figures()[FIGURE]()
     assert len(figure.axes) == 2  # one panel: h only, since the last flow has no memory (plus its colour bar)
     assert figure.axes[0].images[0].get_array().shape == (4, 3)  # the longest window x the measurements
     figure.savefig(io.BytesIO(), format="png")  # the same norm everywhere still renders on a log scale
@@ -174,7 +174,7 @@ def test_the_ratio_is_logged_at_every_interval_and_the_heatmap_at_the_end(observ
     _, seen = observed("task=echo", "cell=lstm", "train.steps=10", "diagnostics.every=3", "dataset.total_length=2000")
     logged = {step: sorted(k for k in m if k.startswith(RATIO)) for step, m in seen.metrics.items()}
     assert logged == {step: [RATIO, MEMORY_RATIO] if step % 3 == 0 else [] for step in range(10)}
-    figure = seen.final.figures[FIGURE]
+    figure = seen.final.figures[FIGURE]()
     assert [ax.get_ylabel() for ax in figure.axes[:2]] == ["time step k"] * 2  # h and c (then their colour bars)
     image = figure.axes[0].images[0].get_array()
     assert image.shape == (15, 4)  # time steps (the echo window) x measurements
@@ -217,7 +217,7 @@ def test_a_cell_without_per_step_gradients_trains_without_diagnostics(observed, 
         pm.remove("bare")
     assert run.step == 5 and all(RATIO not in m for m in seen.metrics.values())
     assert FIGURE not in seen.final.figures
-    assert "gradient_over_time" in seen.final.figures  # drawn, without the lines it cannot measure
+    assert seen.final.figures["gradient_over_time"]().axes[0].get_lines() == []  # drawn, without what it cannot measure
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "no per-step gradients" in warnings[0]
 
@@ -225,7 +225,7 @@ def test_a_cell_without_per_step_gradients_trains_without_diagnostics(observed, 
 def test_the_counting_figure_draws_the_flow(observed):
     """For the linear counting model dL/dS_k = dL/dS_n w_rec^(n-k): the drawn norms fall by |w_rec| per step back."""
     _, seen = observed("train.steps=1")
-    lines = seen.final.figures["gradient_over_time"].axes[0].get_lines()
+    lines = seen.final.figures["gradient_over_time"]().axes[0].get_lines()
     assert len(lines) == 6
     for line in lines:
         w_rec = float(line.get_label().split(", ")[-1].rstrip(")$"))
