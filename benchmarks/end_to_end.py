@@ -65,6 +65,8 @@ from typing import Any
 
 from common import PROG, RECORDER_FOLDER, blas_kernels, clean_env, fail, gist, require_positive, table
 
+from framework.recorder_server import pids_in_log
+
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
 MODES = ("warm", "cold", "off")  # tracked with a running recorder server, tracked starting one, untracked
@@ -233,10 +235,10 @@ def run_once(task: str, overrides: Sequence[str], mode: str, template: Path | No
 def server_peak(servers: Path) -> float | None:
     """The peak RSS (MiB) of the recorder server of ``servers`` (VmHWM), which is then stopped; None if none runs."""
     for log in servers.glob("*.log"):
-        found = re.search(r"^pid (\d+): loaded", log.read_text(), re.MULTILINE)
-        if found is None:
+        loaded, _ = pids_in_log(log)
+        if not loaded:
             continue
-        pid = int(found.group(1))
+        (pid,) = loaded
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import select
 import socket
 import sys
@@ -22,6 +23,14 @@ import time
 import traceback
 from pathlib import Path
 from typing import IO
+
+
+def pids_in_log(log: Path) -> tuple[list[int], list[int]]:
+    """The pids a server's log names: (the server's, once it has loaded; each worker's it has forked)."""
+    text = log.read_text()
+    return [int(pid) for pid in re.findall(r"^pid (\d+): loaded", text, re.M)], [
+        int(pid) for pid in re.findall(r"^worker (\d+)$", text, re.M)
+    ]
 
 
 def load() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import alive, assert_no_runs, one_line, runs_of
 
-from framework import recorder_process
+from framework import recorder_process, recorder_server
 from framework.cleanup import PROCESS_TAG
 from framework.recorder_process import FOLDER_ENV, IDLE_ENV
 
@@ -40,8 +39,8 @@ def test_the_last_tracking_switch_on_the_command_line_decides(args, off):
 
 def logged(folder: Path, what: str) -> list[int]:
     """The pids the servers' logs in ``folder`` name: ``what`` is "loaded" (servers) or "worker" (their workers)."""
-    pattern = r"^pid (\d+): loaded" if what == "loaded" else r"^worker (\d+)$"
-    return [int(pid) for log in sorted(folder.glob("*.log")) for pid in re.findall(pattern, log.read_text(), re.M)]
+    which = 0 if what == "loaded" else 1
+    return [pid for log in sorted(folder.glob("*.log")) for pid in recorder_server.pids_in_log(log)[which]]
 
 
 def wait_until(condition, what: str, timeout: float = 60.0) -> None:
