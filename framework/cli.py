@@ -30,6 +30,11 @@ from framework.config import ConfigError
 from framework.registry import PluginError
 from framework.tracking import TrackingError, one_line, print_error
 
+LISTINGS = {  # `python -m framework <word>`: print something about the installed components, no run
+    "list": "every registered component (task, dataset, cell, loss, optim) with the plugin and version providing it",
+    "docs": "the reference of every registered component and its settings, as docs/components.md",
+}
+
 
 class JobFailedError(CompactHydraException):
     """One job of a sweep failed; Hydra goes on with the others and reports it (one line) at the end."""
@@ -85,6 +90,21 @@ def crash(error: Exception, output_dir: Path, launch_dir: Path) -> str:
     return f"{where}: {type(error).__name__}: {one_line(error)} (traceback: {os.path.relpath(saved, launch_dir)})"
 
 
+def print_listing(command: str, args: list[str], pm: plugins.PluginManager) -> None:
+    """``python -m framework list`` or ``docs``: print what :data:`LISTINGS` says; ``-h`` says that."""
+    if args in (["-h"], ["--help"]):
+        print(f"usage: python -m framework {command}\n\nPrints {LISTINGS[command]}.")
+        return
+    if args:
+        fail(f"{command} takes no arguments, got: {' '.join(args)} (see: python -m framework {command} --help)", 2)
+    if command == "list":
+        print(component_table(pm))
+        return
+    from framework.docs import own_plugins, reference
+
+    print(reference(pm.registry, own_plugins()), end="")
+
+
 def component_table(pm: plugins.PluginManager) -> str:
     """Every registered component with the plugin and version that provide it."""
     rows = [("KIND", "NAME", "PLUGIN", "VERSION", "DESCRIPTION")]
@@ -109,13 +129,8 @@ def main() -> None:
         pm = plugins.manager()
     except PluginError as error:
         fail(error, 2)
-    if sys.argv[1:] == ["list"]:
-        print(component_table(pm))
-        return
-    if sys.argv[1:] == ["docs"]:
-        from framework.docs import own_plugins, reference
-
-        print(reference(pm.registry, own_plugins()), end="")
+    if sys.argv[1:2] and sys.argv[1] in LISTINGS:
+        print_listing(sys.argv[1], sys.argv[2:], pm)
         return
     try:
         commandline.check(sys.argv[1:], pm.registry)

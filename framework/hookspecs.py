@@ -94,7 +94,8 @@ def framework_metrics(run: RunInfo, step: int, metrics: Mapping[str, float]) -> 
 
 @hookspec
 def framework_evaluation(run: RunInfo, step: int, evaluation: Evaluation, final: bool) -> None:
-    """The task was evaluated after ``step`` updates: metrics, sampled outputs, figures."""
+    """The task was evaluated after ``step`` updates: metrics, sampled outputs, figures (drawn by whoever asks for
+    them, here: :meth:`Evaluation.drawn_figures`)."""
 
 
 @hookspec

@@ -273,6 +273,19 @@ def test_list_prints_every_component_with_plugin_and_version(cli):
         assert rows[(kind, name)] == [plugin, __version__]
 
 
+@pytest.mark.parametrize("command", ["list", "docs"])
+def test_list_and_docs_explain_themselves_and_take_no_arguments(cli, tmp_path, command):
+    helped = cli(command, "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith(f"usage: python -m framework {command}\n\nPrints ")
+    wrong = cli(command, "task=adder")
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert one_line(wrong.stderr) == (
+        f"framework: error: {command} takes no arguments, got: task=adder (see: python -m framework {command} --help)"
+    )
+    assert not list(tmp_path.iterdir())  # no run, no store, no output folder
+
+
 # -- the config composition -------------------------------------------------------
 
 
