@@ -335,6 +335,23 @@ def test_hook_framework_evaluation(pm, add_plugin, compose):
     assert math.isfinite(objective)
 
 
+def test_an_evaluation_draws_its_figures_only_when_asked():
+    from matplotlib.figure import Figure
+
+    drawn = []
+
+    def draw() -> Figure:
+        drawn.append("drawn")
+        return Figure()
+
+    ready = Figure()  # a plugin may hand over a Figure itself
+    figures = Evaluation(figures={"drawn": draw, "ready": ready}).drawn_figures()
+    assert drawn == []  # nothing is drawn until it is asked for
+    name, figure = next(figures)
+    assert name == "drawn" and isinstance(figure, Figure) and drawn == ["drawn"]
+    assert next(figures) == ("ready", ready)
+
+
 def test_hook_framework_run_ended(pm, add_plugin, compose):
     recorder, _ = run_recorded(pm, add_plugin, compose, "train.steps=2")
     assert recorder.events[-1] == ("ended", "FINISHED", None)
