@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from framework.recorder_server import load_failure
+
 log = logging.getLogger("framework.tracking")
 
 SUBCOMMANDS = ("list", "docs", "migrate", "cleanup")  # `python -m framework <word>`: no run, no worker
@@ -105,6 +107,13 @@ def server_address() -> Path:
     return folder / f"{identity()}.sock"
 
 
+def server_failure(log: Path, what: str, said: str | None = None) -> str:
+    """The line saying ``what`` went wrong with the recorder server of ``log``: with the error that stopped it while
+    it loaded (``said``, or the server's log), and where its log is."""
+    reason = said or load_failure(log)
+    return what + (f": {reason}" if reason else "") + f" (its server's log: {log})"
+
+
 def start_server(address: Path, idle: float) -> subprocess.Popen:
     """Start a recorder server for ``address`` that exits after ``idle`` seconds without a run, in a session of its
     own (Ctrl-C and the terminal closing do not reach it); it exits at once if another one runs."""
@@ -136,10 +145,14 @@ def connect(address: Path, idle: float, timeout: float = CONNECT_TIMEOUT) -> soc
     while (connection := try_connect(address)) is None:
         now, code = time.monotonic(), None if _starting is None else _starting.poll()
         if code not in (None, 0):
-            said = _starting.stderr.read().decode(errors="replace").strip().splitlines()
+            said = _starting.stderr.read().decode(errors="replace").strip().splitlines()  # before it opened its log
             _starting = None
             raise TrackingError(
-                f"the tracking worker's server did not start (exit code {code})" + (f": {said[-1]}" if said else "")
+                server_failure(
+                    address.with_suffix(".log"),
+                    f"the tracking worker's server did not start (exit code {code})",
+                    said[-1] if said else None,
+                )
             )
         if (_starting is None or code == 0) and now - started_at >= RESTART_AFTER:  # none, or another one runs
             _starting, started_at = start_server(address, idle), now
@@ -220,8 +233,8 @@ class RecorderConnection:
             self.failure = self.stopped()
 
     def stopped(self) -> str:
-        """The failure of a worker that went away without a word."""
-        return f"the tracking worker stopped (its server's log: {self.server_log})"
+        """The failure of a worker that went away without a word (or of its server, which failed to load)."""
+        return server_failure(self.server_log, "the tracking worker stopped")
 
 
 def tracking_switched_off(args: Sequence[str]) -> bool:

@@ -24,6 +24,8 @@ import traceback
 from pathlib import Path
 from typing import IO
 
+LOAD_FAILED = "cannot load: "  # the last line of the log of a server that failed to load, before the error
+
 
 def pids_in_log(log: Path) -> tuple[list[int], list[int]]:
     """The pids a server's log names: (the server's, once it has loaded; each worker's it has forked)."""
@@ -31,6 +33,15 @@ def pids_in_log(log: Path) -> tuple[list[int], list[int]]:
     return [int(pid) for pid in re.findall(r"^pid (\d+): loaded", text, re.M)], [
         int(pid) for pid in re.findall(r"^worker (\d+)$", text, re.M)
     ]
+
+
+def load_failure(log: Path) -> str | None:
+    """The error (``Type: message``) that stopped the server of ``log`` while it loaded; None if none did."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return None
+    return lines[-1].removeprefix(LOAD_FAILED) if lines and lines[-1].startswith(LOAD_FAILED) else None
 
 
 def load() -> None:
@@ -118,7 +129,13 @@ def main(argv: list[str]) -> None:
     listener.bind(str(address))
     listener.listen(64)
     started = time.perf_counter()
-    load()
+    try:
+        load()
+    except Exception as error:  # e.g. a broken MLflow: the runs waiting for a worker read this line
+        traceback.print_exc()
+        print(f"{LOAD_FAILED}{type(error).__name__}: {' '.join(str(error).split())}", flush=True)
+        address.unlink(missing_ok=True)
+        raise SystemExit(1) from None
     print(f"pid {os.getpid()}: loaded in {time.perf_counter() - started:.2f} s; idle timeout {idle:g} s", flush=True)
     serve(listener, lock, address, idle)
 

@@ -154,6 +154,22 @@ def test_a_killed_server_is_replaced_by_the_next_run(cli, default_store, servers
     assert replacement != killed
 
 
+def test_a_server_that_cannot_load_mlflow_fails_the_run_in_one_line_with_the_error(cli, tmp_path, servers):
+    broken = tmp_path / "site" / "mlflow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("this mlflow is broken")\n')
+    result = cli("task=counting", "train.steps=5", env={**env(servers), "PYTHONPATH": str(broken.parent)})
+    assert result.returncode == 1
+    (log,) = servers.glob("*.log")
+    line = one_line(result.stderr)
+    # "did not start" or "stopped", as the run saw the server exit or lose its connection first
+    assert line.startswith("framework: error: the tracking worker"), line
+    assert line.endswith(f": ImportError: this mlflow is broken (its server's log: {log})"), line
+    assert "Traceback" in log.read_text()
+    assert not list(servers.glob("*.sock"))  # the next run starts a server again
+    assert_no_runs(tmp_path / "mlruns" / "mlflow.db")
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
