@@ -13,7 +13,7 @@ message (``op`` and fields)               what the worker does
 ``metrics``: entries [key, value, ms,     writes them (straight into an embedded store's metric
 step]                                     tables, else ``log_batch``)
 ``text`` / ``table``: data, path          logs a text or a JSON table artifact
-``artifact``: file, folder                logs a file (figures, checkpoints)
+``artifact``: file, folder, remove        logs a file (figures, checkpoints), then deletes it if ``remove``
 ``model``: files, register_as             logs the exported network as the model ``model``
 ``end``: status, error                    closes the run; answers ``ended`` and exits
 ========================================  ==============================================
@@ -184,8 +184,10 @@ class Recorder:
     def table(self, data: dict[str, list], path: str) -> None:
         self.client.log_table(self.run_id, data, path)
 
-    def artifact(self, file: str, folder: str) -> None:
+    def artifact(self, file: str, folder: str, remove: bool = False) -> None:
         self.client.log_artifact(self.run_id, file, folder)
+        if remove:  # a copy made for this message (a checkpoint)
+            os.unlink(file)
 
     def model(self, files: str, register_as: str | None) -> None:
         from framework.models import log_model

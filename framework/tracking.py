@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -388,7 +389,15 @@ class MlflowTracker:
         if self.worker is None:
             return
         self.flush()  # the metrics up to the checkpoint are stored with it
-        self.worker.send("artifact", file=str(path), folder=str(Path(CHECKPOINT).parent))
+        # the worker may read it after the next checkpoint has replaced ``path`` (and after this process was killed
+        # before sending the metrics up to that one): it gets this one, in a file of its own, which it removes
+        kept = Path(self.scratch.name) / "checkpoints" / f"step_{step:07d}" / path.name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, kept)  # the checkpoint is written anew each time (checkpoint.save renames a new file)
+        except OSError:  # another file system
+            shutil.copyfile(path, kept)
+        self.worker.send("artifact", file=str(kept), folder=str(Path(CHECKPOINT).parent), remove=True)
 
     @hookimpl
     def framework_trained(self, run: RunInfo, task: Task, step: int) -> None:

@@ -15,6 +15,7 @@ from conftest import clean_env, one_line, runs_of
 from framework import checkpoint, engine, plugins
 from framework.hookspecs import hookimpl
 from framework.recorder import ABANDONED
+from framework.tracking import CHECKPOINT
 
 # -- the file --------------------------------------------------------------------
 
@@ -226,6 +227,34 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cli, default_sto
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         assert np.array_equal(got[name], value), name
+
+
+NEXT_CHECKPOINT_AT_ONCE = '''
+import os
+
+from framework.hookspecs import hookimpl
+
+
+@hookimpl(trylast=True)
+def framework_checkpoint(run, step, path):
+    """As if the next checkpoint had replaced this one before the tracking worker read it."""
+    later = path.with_suffix(".later")
+    later.write_bytes(b"a later checkpoint")
+    os.replace(later, path)
+'''
+
+
+def test_the_recorded_checkpoint_is_the_announced_one_though_its_file_was_replaced(
+    cli, install_plugin, default_store, tmp_path
+):
+    """If a run is killed before it sends the metrics up to its next checkpoint, the recorded checkpoint must not be
+    that next one: its resumed run would leave those steps out of the metric history."""
+    env = install_plugin("next_checkpoint_at_once", NEXT_CHECKPOINT_AT_ONCE)
+    result = cli("task=adder", "train.steps=300", "train.checkpoint_every=100", "model.log=false", env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = runs_of(default_store, "adder")
+    recorded = Path(default_store.download_artifacts(run.info.run_id, CHECKPOINT, str(tmp_path / "recorded")))
+    assert checkpoint.load(recorded).step == 300
 
 
 def test_resume_refusals_are_one_line(cli, default_store):
