@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from framework.recorder_process import FOLDER_ENV
+
 PROG = f"benchmarks/{Path(sys.argv[0]).name}"  # the script being run, for its messages
 
 
@@ -56,7 +58,7 @@ def gist(text: str) -> str:
     return lines[0] if lines else "(no output)"
 
 
-RECORDER_FOLDER = "FRAMEWORK_RECORDER_DIR"  # where the recorder servers live: not a setting of the runs, kept
+RECORDER_FOLDER = FOLDER_ENV  # where the recorder servers live: not a setting of the runs, kept
 
 
 def clean_env() -> dict[str, str]:

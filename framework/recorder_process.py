@@ -42,7 +42,7 @@ IDLE_ENV = "FRAMEWORK_RECORDER_IDLE"  # seconds the server waits for another run
 DEFAULT_IDLE = 900.0
 FOLDER_ENV = "FRAMEWORK_RECORDER_DIR"  # where servers keep their sockets; default <tmp>/framework-recorder-<uid>
 IDENTITY_ENV_PREFIX = "MLFLOW_"  # MLflow's settings, some read when it is imported: a server per value
-LOADED = ("mlflow", "sqlalchemy", "pandas", "matplotlib", "numpy")  # what a server loads: a new server when one changes
+LOADED = ("mlflow", "sqlalchemy", "pandas", "numpy")  # what a server loads: a new server when one changes
 CONNECT_TIMEOUT = 60.0  # seconds for a starting server to listen
 RESTART_AFTER = 0.2  # seconds before starting a server again when the last one found another running
 

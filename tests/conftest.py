@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from framework.recorder_process import FOLDER_ENV, IDLE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,9 +29,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: no tracking URI or plugin settings leaking in; the recorder servers
     it starts exit :data:`RECORDER_IDLE` seconds after their last run, or when their folder
     (``$FRAMEWORK_RECORDER_DIR``, kept: CI points it into the folder it deletes at the end) is deleted."""
-    keep = "FRAMEWORK_RECORDER_DIR"
-    env = {k: v for k, v in os.environ.items() if k == keep or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))}
-    env["FRAMEWORK_RECORDER_IDLE"] = RECORDER_IDLE
+    env = {
+        k: v for k, v in os.environ.items() if k == FOLDER_ENV or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
+    }
+    env[IDLE_ENV] = RECORDER_IDLE
     env.update(extra)
     return env
 
