@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from framework.recorder_process import FOLDER_ENV
+from framework.recorder_process import FOLDER_ENV, IDLE_ENV
 
 PROG = f"benchmarks/{Path(sys.argv[0]).name}"  # the script being run, for its messages
 
@@ -58,15 +58,15 @@ def gist(text: str) -> str:
     return lines[0] if lines else "(no output)"
 
 
-RECORDER_FOLDER = FOLDER_ENV  # where the recorder servers live: not a setting of the runs, kept
+RECORDER_SETTINGS = (FOLDER_ENV, IDLE_ENV)  # where the recorder servers live, how long they wait: kept, not the runs'
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without MLFLOW_*, FRAMEWORK_* (but :data:`RECORDER_FOLDER`) and HYDRA_* variables."""
+    """This environment without MLFLOW_*, FRAMEWORK_* (but :data:`RECORDER_SETTINGS`) and HYDRA_* variables."""
     return {
         k: v
         for k, v in os.environ.items()
-        if k == RECORDER_FOLDER or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
+        if k in RECORDER_SETTINGS or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
     }
 
 

@@ -63,9 +63,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PROG, RECORDER_FOLDER, blas_kernels, clean_env, fail, gist, require_positive, table
+from common import PROG, blas_kernels, clean_env, fail, gist, require_positive, table
 
-from framework.recorder_process import IDLE_ENV
+from framework.recorder_process import FOLDER_ENV, IDLE_ENV
 from framework.recorder_server import pids_in_log
 
 TIMEOUT = 3600.0  # seconds, for any one run
@@ -218,9 +218,9 @@ def run_once(task: str, overrides: Sequence[str], mode: str, template: Path | No
         if template is not None:
             (cwd / "mlruns").mkdir()
             shutil.copy(template, cwd / "mlruns" / "mlflow.db")
-        env = {RECORDER_FOLDER: str(servers), IDLE_ENV: "3600"} if mode == "warm" else {}
+        env = {FOLDER_ENV: str(servers), IDLE_ENV: "3600"} if mode == "warm" else {}
         if mode == "cold":
-            env = {RECORDER_FOLDER: str(Path(folder) / "recorder"), IDLE_ENV: "0"}
+            env = {FOLDER_ENV: str(Path(folder) / "recorder"), IDLE_ENV: "0"}
         child = spawn(command, Path(folder), what, env)
         finished = FINISHED.search(child.output)
         if finished is None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import clean_env
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
 NUMBER = r"-?\d+\.\d+"
 
@@ -14,7 +16,7 @@ NUMBER = r"-?\d+\.\d+"
 def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run the benchmark script with ``args``."""
     command = [sys.executable, str(SCRIPT), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
 
 
 def test_both_launchers_are_timed(tmp_path: Path) -> None:
