@@ -51,7 +51,8 @@ class IncompatibleError(ValueError):
 
 
 class StepBoundaryInterrupt:
-    """Ctrl-C stops training at the next step boundary; a second Ctrl-C stops at once.
+    """Ctrl-C stops training at the next step boundary (or, after the last step, once the run is evaluated and
+    recorded); a second Ctrl-C stops at once.
 
     So an interruption never cuts a tracking write or an optimizer update in
     half, and the run can still record what it had. Only the main thread can
@@ -111,6 +112,7 @@ class Run:
     step: int = 0  # optimizer updates done
     state: Any = None  # the hidden state carried into the next batch
     history: History = field(default_factory=History)
+    checkpointed: int | None = None  # the step of the last checkpoint written
 
 
 def choose(pm: plugins.PluginManager, kind: str, config: Mapping[str, Any]) -> tuple[Component, Any]:
@@ -262,8 +264,9 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
 
 
 def save_checkpoint(run: Run, hook: Any) -> None:
-    """Write the run's checkpoint to ``<output dir>/checkpoints/last.npz`` and announce it (no output dir: none)."""
-    if run.info.output_dir is None:
+    """Write the run's checkpoint to ``<output dir>/checkpoints/last.npz`` and announce it, once per step
+    (no output dir: none)."""
+    if run.info.output_dir is None or run.checkpointed == run.step:
         return
     task_state = run.task.checkpoint_state() if isinstance(run.task, Resumable) else {}
     snapshot = checkpoint.Checkpoint(
@@ -277,6 +280,7 @@ def save_checkpoint(run: Run, hook: Any) -> None:
         task_state=task_state,
     )
     path = checkpoint.save(run.info.output_dir / "checkpoints" / "last.npz", snapshot)
+    run.checkpointed = run.step
     hook.framework_checkpoint(run=run.info, step=run.step, path=path)
 
 
@@ -360,6 +364,7 @@ def train_and_report(run: Run, hook: Any) -> float:
             final = train(run, hook, interrupt)
             value = objective_value(run.info, final)
             hook.framework_trained(run=run.info, task=run.task, step=run.step)
+            interrupt.check()  # Ctrl-C after the last step boundary: the run is not FINISHED either
         status = "FINISHED"
     except KeyboardInterrupt as interruption:
         status, error = "KILLED", "interrupted (SIGINT)"

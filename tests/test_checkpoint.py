@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -149,47 +148,74 @@ def test_resumed_training_ends_bit_for_bit_like_uninterrupted(compose, tmp_path,
 
 def test_hook_framework_checkpoint(compose, tmp_path):
     pm = plugins.manager()
-    seen = []
 
     class Watcher:
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
         @hookimpl
         def framework_checkpoint(self, run, step, path):
-            seen.append((step, checkpoint.load(path).step))
+            self.seen.append((step, checkpoint.load(path).step))
 
-    pm.register(Watcher(), name="watcher")
-    try:
-        run = engine.build(compose("train.steps=25", "train.checkpoint_every=10", "tracking.enabled=false"), pm,
-                           output_dir=tmp_path)  # fmt: skip
-        engine.train(run, pm.hook)
-    finally:
-        pm.unregister(name="watcher")
-    assert seen == [(10, 10), (20, 20), (25, 25)]  # every 10 steps, and at the end
+    def announced(stop_at: int | None) -> list[tuple[int, int]]:
+        watcher = Watcher()
+        pm.register(watcher, name="watcher")
+        try:
+            run = engine.build(compose("train.steps=25", "train.checkpoint_every=10", "tracking.enabled=false"), pm,
+                               output_dir=tmp_path)  # fmt: skip
+            if stop_at is None:
+                engine.train(run, pm.hook)
+            else:
+                with pytest.raises(engine.Interrupted):
+                    engine.train(run, pm.hook, StopAt(run, stop_at))
+                engine.save_checkpoint(run, pm.hook)  # as after Ctrl-C (engine.train_and_report)
+        finally:
+            pm.unregister(name="watcher")
+        return watcher.seen
+
+    assert announced(None) == [(10, 10), (20, 20), (25, 25)]  # every 10 steps, and at the end
+    assert announced(17) == [(10, 10), (17, 17)]  # and when stopped
+    assert announced(20) == [(10, 10), (20, 20)]  # stopped at a checkpoint: not written or announced twice
 
 
 # -- resume through the CLI, with a real interruption ------------------------------------------------------
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen:
+def start(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "framework", *args],
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def interrupt_once_training(process: subprocess.Popen, sig: int, output: Path, after: float) -> tuple[str, str]:
-    """Send ``sig`` ``after`` seconds past the first checkpoint of the run whose output folder is ``output``."""
-    deadline = time.monotonic() + 120
-    while not (output / "checkpoints" / "last.npz").exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.05)
-    time.sleep(after)
-    process.send_signal(sig)
-    return process.communicate(timeout=120)
+SIGNAL_AT = """
+import os
+import signal
+
+from framework.hookspecs import hookimpl
+
+SIGNAL, AT = os.environ.get("SIGNAL_AT", "none:never").split(":")  # e.g. SIGINT:1499 or SIGINT:final
+
+
+def send():
+    os.kill(os.getpid(), getattr(signal, SIGNAL))
+
+
+@hookimpl
+def framework_metrics(run, step, metrics):
+    if AT == str(step):
+        send()
+
+
+@hookimpl
+def framework_evaluation(run, step, evaluation, final):
+    if final and AT == "final":
+        send()
+"""
 
 
 def final_params(client, run_id: str, into: Path) -> dict[str, np.ndarray]:
@@ -197,25 +223,43 @@ def final_params(client, run_id: str, into: Path) -> dict[str, np.ndarray]:
     return checkpoint.load(Path(path)).params
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(cli, default_store, tmp_path, sig):
+INTERRUPTIONS = {
+    "SIGINT at a checkpoint": "SIGINT:1499",  # stops after step 1500, just checkpointed
+    "SIGINT in the final evaluation": "SIGINT:final",  # training is over, but the run is not FINISHED
+    "SIGKILL": "SIGKILL:1777",
+}
+
+
+@pytest.mark.parametrize("interruption", INTERRUPTIONS)
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
+    cli, install_plugin, default_store, tmp_path, interruption
+):
+    """The signal comes from the run's own process (a plugin sends it at a given step), so that it always lands
+    where the test says, however fast or loaded the machine."""
     args = ("task=adder", "train.steps=6000", "train.checkpoint_every=500", "model.log=false")
-    whole = start(tmp_path, *args, "tracking.run_name=whole")
-    cut = start(tmp_path, *args, "tracking.run_name=cut", "hydra.run.dir=outputs/cut")
-    _out, err = interrupt_once_training(cut, sig, tmp_path / "outputs" / "cut", after=0.5)
+    env = install_plugin("signal_at", SIGNAL_AT)
+    whole = start(tmp_path, *args, "tracking.run_name=whole", env=env)
+    cut = start(
+        tmp_path,
+        *args,
+        "tracking.run_name=cut",
+        "hydra.run.dir=outputs/cut",
+        env={**env, "SIGNAL_AT": INTERRUPTIONS[interruption]},
+    )
+    _out, err = cut.communicate(timeout=300)
     assert whole.wait(timeout=300) == 0, whole.communicate()
     runs = {r.info.run_name: r for r in runs_of(default_store, "adder")}
     killed = runs["cut"]
-    if sig == signal.SIGINT:
-        assert cut.returncode == 130
+    assert killed.info.status == "KILLED"
+    if interruption.startswith("SIGINT"):
+        assert cut.returncode == 130, err
         assert one_line(err) == "framework: error: interrupted; the run is recorded as KILLED"
-        assert killed.info.status == "KILLED"
     else:
         assert cut.returncode == -signal.SIGKILL
-        assert killed.info.status == "KILLED"  # the tracking worker outlives the training process and closes the run
+        # the tracking worker outlives the training process and closes the run
         assert killed.data.tags["error"] == ABANDONED.format(run_id=killed.info.run_id)
 
-    result = cli(f"resume={killed.info.run_id}")
+    result = cli(f"resume={killed.info.run_id}")  # the plugin is not installed: it is not part of the run
     assert result.returncode == 0, result.stderr
     resumed = default_store.get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED"

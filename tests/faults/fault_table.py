@@ -57,8 +57,9 @@ REFERENCED = {
     ),
     "tests/test_checkpoint.py::test_an_interrupted_run_resumes_to_the_uninterrupted_result": (
         "test_interruption",
-        "SIGINT, or SIGKILL of the training process, mid-run; then resume=<run id> -> the same run continues from "
-        "its last checkpoint to FINISHED, with the parameters of an uninterrupted run bit for bit",
+        "SIGINT at a step that is also a checkpoint, SIGINT during the final evaluation, or SIGKILL of the training "
+        "process mid-run; then resume=<run id> -> exit 130 and KILLED (SIGINT); the same run continues from its last "
+        "checkpoint to FINISHED, with the parameters of an uninterrupted run bit for bit",
     ),
 }
 
