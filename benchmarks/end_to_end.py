@@ -218,9 +218,11 @@ def run_once(task: str, overrides: Sequence[str], mode: str, template: Path | No
         if template is not None:
             (cwd / "mlruns").mkdir()
             shutil.copy(template, cwd / "mlruns" / "mlflow.db")
-        env = {FOLDER_ENV: str(servers), IDLE_ENV: "3600"} if mode == "warm" else {}
-        if mode == "cold":
-            env = {FOLDER_ENV: str(Path(folder) / "recorder"), IDLE_ENV: "0"}
+        recorder = {
+            "warm": {FOLDER_ENV: str(servers), IDLE_ENV: "3600"},
+            "cold": {FOLDER_ENV: str(Path(folder) / "recorder"), IDLE_ENV: "0"},
+        }
+        env = recorder.get(mode, {})
         child = spawn(command, Path(folder), what, env)
         finished = FINISHED.search(child.output)
         if finished is None:

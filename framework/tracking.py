@@ -395,7 +395,7 @@ class MlflowTracker:
         kept.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(path, kept)  # the checkpoint is written anew each time (checkpoint.save renames a new file)
-        except OSError:  # another file system
+        except OSError:  # another file system, or one without hard links
             shutil.copyfile(path, kept)
         self.worker.send("artifact", file=str(kept), folder=str(Path(CHECKPOINT).parent), remove=True)
 
