@@ -68,6 +68,18 @@ def test_softmax_cross_entropy_is_stable_for_large_logits():
     np.testing.assert_allclose(grad, [[0.125, -0.125], [0.5, -0.5]], rtol=1e-12, atol=1e-300)  # 1000 + ln 3 is rounded
 
 
+@pytest.mark.parametrize(("dtype", "below"), [(np.float64, 1000.0), (np.float32, 100.0), (np.float32, 60.0)])
+def test_softmax_cross_entropy_of_rows_far_apart(dtype, below):
+    # the second row is the first shifted down by ``below``: exp of it shifted by the first row's maximum
+    # underflows to 0 (float64 at 1000, float32 at 100: that row needs its own maximum) or is 1e-26 (float32
+    # at 60: one shift serves), yet both rows give the hand case (in float32 up to the rounding of
+    # -below + ln 3, whose last bit is 8e-6 at 100)
+    logits = np.array([[0.0, LN3], [-below, -below + LN3]], dtype=dtype)
+    loss, grad = softmax_ce("sum")(logits, np.array([1, 0]))
+    assert loss == pytest.approx(-math.log(3 / 4) + math.log(4), rel=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(grad, [[0.25, -0.25], [-0.75, 0.75]], rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_softmax_cross_entropy_mask_excludes_positions():
     logits = np.zeros((2, 3, 4))
     logits[0, 0] = [0.0, LN3, 0.0, 0.0]  # softmax: [1, 3, 1, 1] / 6
@@ -95,6 +107,8 @@ def test_softmax_cross_entropy_refuses_bad_targets():
         softmax_ce()(np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"in \[0, 3\)"):
         softmax_ce()(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        softmax_ce()(np.zeros((2, 3)), np.array([-1, 0]))
 
 
 def test_softmax_cross_entropy_random_targets_are_valid_indices():

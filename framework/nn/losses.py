@@ -113,7 +113,7 @@ class SoftmaxCrossEntropy:
 
     The outputs z are logits (..., K); the targets t are class indices in
     [0, K) of shape z.shape[:-1] (targets of masked positions are ignored).
-    log p = z - max(z) - log sum exp(z - max(z)), so large logits do not overflow.
+    log p = z - M - log sum exp(z - M) with M the largest logit, so large logits do not overflow.
     """
 
     def __init__(self, config: SoftmaxCrossEntropyConfig) -> None:
@@ -131,13 +131,13 @@ class SoftmaxCrossEntropy:
         t = np.asarray(targets).astype(np.intp)
         if mask is not None:
             t = np.where(np.asarray(mask) != 0, t, 0)  # padding may carry any target
-        if t.size and (t.min() < 0 or t.max() >= classes):
+        if t.size and t.view(np.uintp).max() >= classes:  # a negative index reads as a huge unsigned one
             raise ValueError(f"softmax_cross_entropy: target indices must be in [0, {classes})")
         w = item_weights(mask, t.shape, outputs.dtype, self.reduction)  # a scalar, or one weight per position
         w = w.reshape(-1) if np.ndim(w) else w
         shifted, p, sums = softmax_terms(outputs.reshape(-1, classes))  # one row per position; p / sums = softmax
         at_targets = np.arange(0, p.size, classes) + t.reshape(-1)  # flat index of z_i[t_i]
-        losses = np.log(sums) - shifted.reshape(-1)[at_targets]  # -log p[t] = log sum exp(z - max z) - (z[t] - max z)
+        losses = np.log(sums) - shifted.reshape(-1)[at_targets]  # -log p[t] = log sum exp(z - M) - (z[t] - M)
         p *= (w / sums)[:, None]  # dL/dz_i = w_i p_i - w_i onehot(t_i), in one pass over the logits
         p.reshape(-1)[at_targets] -= w
         total = float(np.dot(w, losses)) if np.ndim(w) else w * float(losses.sum())
