@@ -21,10 +21,13 @@ step]                                     tables, else ``log_batch``)
 Answers: ``started`` (run_id), ``log`` (level, message: the worker's log lines, logged by the
 training process), ``error`` (message: one line naming the store), ``ended``.
 
-When recording fails, the worker answers ``error`` once and from then on writes every metric it
-receives to the ``fallback`` file named in ``start`` (JSON lines), so nothing is lost. When its
-input ends without ``end`` (the training process was killed), it records what it received and
-closes the run as KILLED: ``resume=<run id>`` continues it from its last checkpoint.
+When recording fails, the worker answers ``error`` and from then on writes every metric it receives
+to the ``fallback`` file named in ``start`` (JSON lines), so nothing is lost, and tries nothing else
+until ``end``: then it tries once, for at most :data:`CLOSE_WAIT` seconds (a store that failed may
+hang), to close the run as FAILED with the reason, and answers ``error`` again with the reason and
+what became of the run. When its input ends without ``end`` (the training process was killed), it
+records what it received and closes the run as KILLED: ``resume=<run id>`` continues it from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from framework.tracking import (
 log = logging.getLogger("framework.recorder")
 
 ABANDONED = "the training process ended without closing the run (killed?); resume={run_id} continues it"
+CLOSE_WAIT = 10.0  # seconds the worker gives a store that failed to close the run as FAILED
 
 
 class Answers(logging.Handler):
@@ -105,24 +109,27 @@ class Recorder:
         self.run_id: str | None = None
         self.fast_store: Path | None = None  # an embedded store whose metric tables are written directly
         self.fallback: Path | None = None
-        self.failed = False
+        self.failure: str | None = None  # why recording failed: nothing but metrics is recorded after it
 
     def handle(self, message: Mapping[str, Any]) -> None:
         """Do what ``message`` asks. After a failure, metrics go to the fallback file and nothing else is
-        tried (a store that failed once may hang on every call: the run is left for ``cleanup``)."""
+        tried (a store that failed once may hang on every call) until ``end`` (:meth:`close_failed`)."""
         op = message["op"]
-        if self.failed:
+        if self.failure is not None:
             if op == "metrics":
                 self.keep(message["entries"])
+            elif op == "end":
+                self.close_failed()
             return
         try:
             getattr(self, op)(**{k: v for k, v in message.items() if k != "op"})
         except Exception as error:
             self.fail(error, message)
+            if op == "end":  # the run is still open: one more try, as after any failure
+                self.close_failed()
 
     def fail(self, error: Exception, message: Mapping[str, Any]) -> None:
         """Answer ``error`` in one line naming the store and the fallback file of the metrics it did not take."""
-        self.failed = True
         if message["op"] == "metrics":
             self.keep(message["entries"])
         reason = (
@@ -132,7 +139,35 @@ class Recorder:
         )
         if self.fallback is not None:
             reason += f"; the metrics it did not record are in {self.fallback}"
+        self.failure = reason
         self.answers.send("error", message=reason)
+
+    def close_failed(self) -> None:
+        """Close the run as FAILED with the reason recording failed, if the store does so within :data:`CLOSE_WAIT`
+        seconds; answer ``error`` again, saying whether it did (a run left RUNNING is for ``cleanup``)."""
+        if self.run_id is None:  # it failed to start: there is no run
+            return
+        outcome: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+        def close() -> None:
+            try:
+                self.end("FAILED", self.failure)
+                outcome.put(None)
+            except Exception as error:
+                outcome.put(error)
+
+        threading.Thread(target=close, daemon=True).start()  # left behind if the store hangs: the worker exits
+        try:
+            problem = outcome.get(timeout=CLOSE_WAIT)
+        except queue.Empty:
+            said = f"the store did not answer within {CLOSE_WAIT:g} s"
+        else:
+            said = None if problem is None else f"{type(problem).__name__}: {one_line(problem)}"
+        if said is None:
+            became = f"the run {self.run_id} is recorded as FAILED"
+        else:
+            became = f"the run {self.run_id} is left RUNNING ({said}): `python -m framework cleanup` marks it FAILED"
+        self.answers.send("error", message=f"{self.failure}; {became}")
 
     def keep(self, entries: Sequence[Sequence[Any]]) -> None:
         """Append metrics the store did not take to the fallback file, one JSON list per line."""
@@ -260,7 +295,7 @@ def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
     while True:
         message = inbox.get()
         if message is None:
-            if recorder.run_id is not None and not recorder.failed:
+            if recorder.run_id is not None:
                 recorder.handle({"op": "end", "status": "KILLED", "error": ABANDONED.format(run_id=recorder.run_id)})
             return
         recorder.handle(message)

@@ -183,6 +183,7 @@ class RecorderConnection:
         self.socket.sendall(message[sent:])
         self.run_id: str | None = None
         self.failure: str | None = None
+        self.reported: str | None = None  # the failure check() last raised
         self.ended = threading.Event()
         self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.writer = threading.Thread(target=self._write_messages, daemon=True)
@@ -197,6 +198,7 @@ class RecorderConnection:
     def check(self) -> None:
         """Raise :class:`TrackingError` if recording failed."""
         if self.failure is not None:
+            self.reported = self.failure
             raise TrackingError(self.failure)
 
     def close(self) -> None:

@@ -418,14 +418,13 @@ class MlflowTracker:
         if worker is None:
             return
         try:
-            self.flush()
+            self.send_metrics()  # a worker that failed keeps them in the fallback file
             worker.send("end", status=status, error=error)
-            reported = worker.failure  # the engine has already raised it
             worker.close()
             if worker.run_id is not None:
                 run.links["mlflow_run_id"] = worker.run_id
-            if worker.failure is not None and worker.failure != reported:
-                raise TrackingError(worker.failure)
+            if worker.failure != worker.reported:  # a failure, or what became of the run after one, said since
+                worker.check()
         finally:
             self.scratch.cleanup()
             self.worker, self.buffer, self.scratch = None, [], None
@@ -433,11 +432,15 @@ class MlflowTracker:
     # -- helpers ------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send the buffered (key, value, timestamp, step) metrics to the worker; raise if recording failed."""
+        """Send the buffered metrics to the worker; raise if recording failed."""
+        self.send_metrics()
+        self.worker.check()
+
+    def send_metrics(self) -> None:
+        """Send the buffered (key, value, timestamp, step) metrics to the worker."""
         buffer, self.buffer = self.buffer, []
         if buffer:
             self.worker.send("metrics", entries=buffer)
-        self.worker.check()
 
 
 tracker = MlflowTracker()  # the plugin object (see plugins.DEFAULT_PLUGINS)
