@@ -11,6 +11,7 @@ A user's own ``HYDRA_FULL_ERROR=1`` keeps Hydra's traceback for a config Hydra c
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
 import traceback
@@ -28,12 +29,8 @@ from framework import commandline, engine, plugins
 from framework.checkpoint import CheckpointError
 from framework.config import ConfigError
 from framework.registry import PluginError
+from framework.subcommands import LISTINGS, TOOLS
 from framework.tracking import TrackingError, one_line, print_error
-
-LISTINGS = {  # `python -m framework <word>`: print something about the installed components, no run
-    "list": "every registered component (task, dataset, cell, loss, optim) with the plugin and version providing it",
-    "docs": "the reference of every registered component and its settings, as docs/components.md",
-}
 
 
 class JobFailedError(CompactHydraException):
@@ -117,14 +114,8 @@ def component_table(pm: plugins.PluginManager) -> str:
 
 def main() -> None:
     """Entry point of ``python -m framework``."""
-    if sys.argv[1:2] == ["migrate"]:  # copies runs between stores; needs no plugins
-        from framework.migrate import main as migrate
-
-        raise SystemExit(migrate(sys.argv[2:]))
-    if sys.argv[1:2] == ["cleanup"]:  # closes runs whose process is gone; needs no plugins
-        from framework.cleanup import main as cleanup
-
-        raise SystemExit(cleanup(sys.argv[2:]))
+    if sys.argv[1:2] and sys.argv[1] in TOOLS:  # they need no plugins
+        raise SystemExit(importlib.import_module(f"framework.{sys.argv[1]}").main(sys.argv[2:]))
     try:
         pm = plugins.manager()
     except PluginError as error:

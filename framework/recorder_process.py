@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from framework.recorder_server import load_failure
+from framework.subcommands import SUBCOMMANDS
 
 log = logging.getLogger("framework.tracking")
 
-SUBCOMMANDS = ("list", "docs", "migrate", "cleanup")  # `python -m framework <word>`: no run, no worker
 MULTIRUN_FLAGS = ("-m", "--multirun")  # each job connects when it starts, wherever it runs
 TRACKING_SWITCH = "tracking.enabled"
 IDLE_ENV = "FRAMEWORK_RECORDER_IDLE"  # seconds the server waits for another run before it exits

@@ -19,6 +19,8 @@ from conftest import REPO, assert_no_runs, clean_env, one_line, runs_of, seed_st
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from framework.subcommands import SUBCOMMANDS
+
 # -- helpers -------------------------------------------------------------------
 
 
@@ -284,6 +286,16 @@ def test_list_and_docs_explain_themselves_and_take_no_arguments(cli, tmp_path, c
         f"framework: error: {command} takes no arguments, got: task=adder (see: python -m framework {command} --help)"
     )
     assert not list(tmp_path.iterdir())  # no run, no store, no output folder
+
+
+def test_help_names_every_subcommand_and_each_explains_itself(cli):
+    helped = cli("--help")
+    assert helped.returncode == 0, helped.stderr
+    for word in SUBCOMMANDS:
+        assert f"python -m framework {word} " in helped.stdout, word
+        usage = cli(word, "--help")
+        assert usage.returncode == 0, usage.stderr
+        assert usage.stdout.startswith(f"usage: python -m framework {word}"), usage.stdout
 
 
 # -- the config composition -------------------------------------------------------
