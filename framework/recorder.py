@@ -32,6 +32,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -278,12 +279,17 @@ class Recorder:
 def read_messages(stream: IO[bytes], inbox: queue.SimpleQueue, started: threading.Event) -> None:
     """Queue every message of ``stream`` as it arrives (so the sender never blocks on a full pipe), then None.
 
-    Input that ends before any run started means the run never started: the worker exits at once.
+    The input ends when the training process closes the connection, or when it is killed: then the
+    connection may be reset (it had answers left unread) or end inside a message, which is dropped. Input
+    that ends before any run started means the run never started: the worker exits at once.
     """
-    for line in stream:
-        if not started.is_set():
-            started.set()
-        inbox.put(json.loads(line))
+    with contextlib.suppress(ConnectionResetError):
+        for line in stream:
+            if not line.endswith(b"\n"):  # cut short
+                break
+            if not started.is_set():
+                started.set()
+            inbox.put(json.loads(line))
     if not started.is_set():
         os._exit(0)
     inbox.put(None)

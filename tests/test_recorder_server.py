@@ -115,6 +115,24 @@ def test_a_worker_that_fails_leaves_its_traceback_in_the_servers_log(servers):
     assert "json.decoder.JSONDecodeError" in log.read_text()
 
 
+def test_a_training_process_gone_with_answers_unread_leaves_its_run_killed(servers, default_store, tmp_path):
+    """A training process killed with answers of its worker unread: the connection is reset, not closed (a recv
+    fails), and the worker still closes the run as KILLED. It used to wait for the next message for ever."""
+    recorder_process.prewarm(["task=counting"])
+    connection = recorder_process.connect(recorder_process.server_address(), 0.0)
+    hello = json.dumps({"cwd": str(tmp_path), "env": dict(os.environ)}).encode()
+    run = {
+        **{"task": "counting", "experiment": "reset", "name": "unread", "config": {}, "overrides": []},
+        **{"objective": "loss", "maximize": False, "resume": None, "sweep_id": None},
+    }
+    start = {"op": "start", "uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "experiment": "reset", "run": run}
+    connection.sendall(struct.pack("!I", len(hello)) + hello + json.dumps(start).encode() + b"\n")
+    wait_until(lambda: b'"started"' in connection.recv(4096, socket.MSG_PEEK), "the run started (answer unread)")
+    connection.close()  # with the answer unread: the worker's end is reset
+    (recorded,) = runs_of(default_store, "reset")
+    wait_until(lambda: default_store.get_run(recorded.info.run_id).info.status == "KILLED", "the run KILLED")
+
+
 def test_a_server_whose_socket_is_deleted_exits(servers, monkeypatch):
     """As when CI deletes its folder at the end: nobody can reach the server any more."""
     monkeypatch.setenv(IDLE_ENV, "3600")
