@@ -185,7 +185,7 @@ class ElmanCell:
         recurrent = np.empty_like(state)
         for t in range(1, h.shape[0]):
             z_t = h[t]
-            z_t += np.matmul(h[t - 1], Wh, out=recurrent)
+            z_t += np.dot(h[t - 1], Wh, out=recurrent)
             self.f(z_t, z_t)
         return swap_time_and_batch(h[1:]), h[-1], (x_steps, h, Wh_T)
 
@@ -196,11 +196,12 @@ class ElmanCell:
         dz = self.f_prime(h[1:])  # f'(z_t) of every step at once, times dh_t in place below
         dh_steps = np.empty_like(dz)
         dh_next = np.zeros_like(h[0]) if d_state is None else d_state
+        back = np.empty_like(h[0])  # dz_t Wh^T, read by the next step before it is overwritten
         for t in range(dz.shape[0] - 1, -1, -1):
             dh, dz_t = dh_steps[t], dz[t]
             np.add(d_out[t], dh_next, out=dh)  # total dL/dh_t
             dz_t *= dh
-            dh_next = dz_t @ Wh_T
+            dh_next = np.dot(dz_t, Wh_T, out=back)
         dWx, db = input_weight_grads(x_steps, dz, self.params["Wx"])
         grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], dz)}
         if db is not None:
@@ -261,7 +262,7 @@ class LSTMCell:
         recurrent, ig = np.empty((x.shape[0], 4 * H), dtype=Wh.dtype), np.empty_like(state[1])
         for t in range(steps):
             a = gates[t]
-            a += np.matmul(h[t], Wh, out=recurrent)
+            a += np.dot(h[t], Wh, out=recurrent)
             np.tanh(a, out=a)
             a *= row_halves
             a += row_offsets  # i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g)
@@ -282,6 +283,7 @@ class LSTMCell:
         da_blocks = da.reshape(steps, batch, 4, H)
         dh_steps, dc_steps = np.empty_like(tanh_c), np.empty_like(tanh_c)
         dh_next, dc_next = (np.zeros_like(h[0]), np.zeros_like(c[0])) if d_state is None else d_state
+        back = np.empty_like(h[0])  # da_t Wh^T, read by the next step before it is overwritten
         # the factors of the gate gradients that do not depend on dc_t or dh_t, computed in place for a span
         # of steps at once: all of them for short sequences (few numpy calls), a few at a time for large ones
         # (in cache); each factor contiguous, those of da_i, da_f, da_g side by side for one product per step
@@ -316,7 +318,7 @@ class LSTMCell:
                 np.multiply(dc, by_dc[:, k], out=da_blocks[t].transpose(1, 0, 2)[:3])  # da_i, da_f, da_g
                 np.multiply(dh, o_by_dh[k], out=da_blocks[t, :, 3])  # da_o
                 dc_next = dc * f[k]
-                dh_next = da[t] @ Wh_T
+                dh_next = np.dot(da[t], Wh_T, out=back)
         dWx, db = input_weight_grads(x_steps, da, self.params["Wx"])
         grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], da)}
         if db is not None:
@@ -367,7 +369,7 @@ class GRUCell:
         v = np.empty_like(gates)  # v_t = h_{t-1} Wh + bh; r multiplies its n block
         for t in range(steps):
             a, v_t = gates[t], v[t]
-            np.matmul(h[t], Wh, out=v_t)
+            np.dot(h[t], Wh, out=v_t)
             if bh is not None:
                 v_t += bh
             rz, n = a[:, : 2 * H], a[:, 2 * H :]
@@ -395,6 +397,7 @@ class GRUCell:
         dv = np.empty_like(gates)  # dL/dv_t, the hidden projections
         dh_steps = np.empty_like(v_n)
         dh_next = np.zeros_like(h[0]) if d_state is None else d_state
+        carry, back = np.empty_like(h[0]), np.empty_like(h[0])  # dh_t z_t + dv_t Wh^T, read by the next step first
         for t in range(steps - 1, -1, -1):
             dh, du_t, dv_t = dh_steps[t], du[t], dv[t]
             np.add(d_out[t], dh_next, out=dh)
@@ -403,8 +406,8 @@ class GRUCell:
             np.multiply(dh, dvz_by_dh[t], out=du_t[:, H : 2 * H])
             dv_t[:, : 2 * H] = du_t[:, : 2 * H]
             np.multiply(du_n, r[t], out=dv_t[:, 2 * H :])
-            dh_next = dh * z[t]
-            dh_next += dv_t @ Wh_T
+            dh_next = np.multiply(dh, z[t], out=carry)
+            dh_next += np.dot(dv_t, Wh_T, out=back)
         dWx, dbx = input_weight_grads(x_steps, du, self.params["Wx"])
         grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], dv)}
         if dbx is not None:
