@@ -69,6 +69,8 @@ ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], object], Callabl
 # one contiguous block for its matmul and element-wise work (a strided (B, .) slice of a (B, T, .)
 # array costs up to three times as much per element-wise operation, measured at B=32, 4H=1024).
 # The per-step gradients dL/dh_k (and dL/dc_k) leave as (B, T, H) views of their time-major arrays.
+# Each step's recurrent product is np.dot, not np.matmul or @: for 2-D operands it skips the ufunc
+# dispatch, 0.35 us of a 2.5 us product at 32 x 50 @ 50 x 50, and the recurrences make one per step.
 
 
 FACTOR_BYTES = 1024 * 1024  # the LSTM's backward precomputes its gate factors in spans of about this size (L2)
