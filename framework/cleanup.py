@@ -150,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``python -m framework cleanup ARGS...``; returns the exit code."""
-    from framework.tracking import TrackingError, one_line, print_error, resolve_uri
+    from framework.tracking import TrackingError, described, print_error, resolve_uri
 
     args = parser().parse_args(argv)
     uri = resolve_uri(args.uri, Path.cwd())
@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
         print_error(error)
         return 1
     except Exception as error:  # the store failing: one line naming it
-        print_error(f"cannot clean up {uri}: {type(error).__name__}: {one_line(error)}")
+        print_error(f"cannot clean up {uri}: {described(error)}")
         return 1
     print(f"{marked} run(s) {'would be ' if args.dry_run else ''}marked FAILED in {uri}")
     return 0

@@ -30,7 +30,7 @@ from framework.checkpoint import CheckpointError
 from framework.config import ConfigError
 from framework.registry import PluginError
 from framework.subcommands import LISTINGS, TOOLS
-from framework.tracking import TrackingError, one_line, print_error
+from framework.tracking import TrackingError, described, one_line, print_error
 
 
 class JobFailedError(CompactHydraException):
@@ -84,7 +84,7 @@ def crash(error: Exception, output_dir: Path, launch_dir: Path) -> str:
     saved.write_text("".join(traceback.format_exception(error)))
     found = plugins.manager().culprit(error)
     where = f"plugin {found[0]!r} failed in {found[1]}" if found else "the run failed"
-    return f"{where}: {type(error).__name__}: {one_line(error)} (traceback: {os.path.relpath(saved, launch_dir)})"
+    return f"{where}: {described(error)} (traceback: {os.path.relpath(saved, launch_dir)})"
 
 
 def print_listing(command: str, args: list[str], pm: plugins.PluginManager) -> None:

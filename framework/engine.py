@@ -32,6 +32,7 @@ from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
 from framework.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
 from framework.registry import KINDS, Component
 from framework.settings import ObjectiveSettings, Settings
+from framework.tracking import one_line
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,9 @@ def probe(task: Task, dataset: Dataset, settings: Settings, chosen: Mapping[str,
             task.model.loss_and_grads(batch, None)
     except (ValueError, TypeError, IndexError) as error:
         names = " ".join(f"{kind}={chosen[kind][0].name}" for kind in ("dataset", "cell", "loss"))
-        first_line = (str(error).splitlines() or [""])[0]
-        raise IncompatibleError(f"task {chosen['task'][0].name!r} cannot train with {names}: {first_line}") from None
+        raise IncompatibleError(
+            f"task {chosen['task'][0].name!r} cannot train with {names}: {one_line(error)}"
+        ) from None
 
 
 def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -> Evaluation:

@@ -43,6 +43,7 @@ from framework.tracking import (
     check_reachable,
     chunks,
     connect,
+    described,
     one_line,
     pages,
     print_error,
@@ -236,8 +237,7 @@ def migrate_experiment(source: Any, source_uri: str, target_uri: str, experiment
                 tally.copies.append(copy_run(source, target, experiment_id, run, prefix + old_id, ids))
             except Exception as error:
                 raise MigrationError(
-                    f"cannot copy run {old_id} of experiment {experiment.name!r} to {target_uri}: "
-                    f"{type(error).__name__}: {one_line(error)}"
+                    f"cannot copy run {old_id} of experiment {experiment.name!r} to {target_uri}: {described(error)}"
                 ) from error
             tally.copied += 1
         ids[old_id] = tally.copies[-1].target_id
@@ -324,6 +324,6 @@ def main(argv: list[str]) -> int:
         print_error("interrupted; run the same command again to copy the rest")
         return 130
     except Exception as error:  # the source store failing: one line naming it
-        print_error(f"cannot migrate {source} to {target}: {type(error).__name__}: {one_line(error)}")
+        print_error(f"cannot migrate {source} to {target}: {described(error)}")
         return 1
     return 0

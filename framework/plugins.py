@@ -30,6 +30,7 @@ from framework import __version__, hookspecs
 from framework.config import defaults
 from framework.registry import PluginError, Registry
 from framework.settings import Settings
+from framework.tracking import described
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 ONLY_ENV = "FRAMEWORK_PLUGINS"
@@ -118,11 +119,7 @@ def load_entry_points(pm: PluginManager, strict: bool, only: set[str] | None) ->
         try:
             plugin = entry_point.load()
         except Exception as error:  # a broken plugin must not take the host down
-            first_line = (str(error).splitlines() or [""])[0]
-            message = (
-                f"plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
-                f"{type(error).__name__}: {first_line}"
-            )
+            message = f"plugin {entry_point.name!r} ({entry_point.value}) failed to import: {described(error)}"
             if strict:
                 raise PluginError(message) from None
             print(f"framework: warning: {message}; skipped (set {STRICT_ENV}=1 to make this fatal)", file=sys.stderr)

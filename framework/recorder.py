@@ -63,8 +63,8 @@ from framework.tracking import (
     TrackingError,
     chunks,
     connect,
+    described,
     git_commit,
-    one_line,
     schema_revision,
     sqlite_path,
     sweep_parent,
@@ -136,7 +136,7 @@ class Recorder:
         reason = (
             str(error)
             if isinstance(error, TrackingError)
-            else f"cannot record the run in {self.uri}: {type(error).__name__}: {one_line(error)}"
+            else f"cannot record the run in {self.uri}: {described(error)}"
         )
         if self.fallback is not None:
             reason += f"; the metrics it did not record are in {self.fallback}"
@@ -148,22 +148,20 @@ class Recorder:
         seconds; answer ``error`` again, saying whether it did (a run left RUNNING is for ``cleanup``)."""
         if self.run_id is None:  # it failed to start: there is no run
             return
-        outcome: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        outcome: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None: closed, else why not
 
         def close() -> None:
             try:
                 self.end("FAILED", self.failure)
                 outcome.put(None)
             except Exception as error:
-                outcome.put(error)
+                outcome.put(described(error))
 
         threading.Thread(target=close, daemon=True).start()  # left behind if the store hangs: the worker exits
         try:
-            problem = outcome.get(timeout=CLOSE_WAIT)
+            said = outcome.get(timeout=CLOSE_WAIT)
         except queue.Empty:
             said = f"the store did not answer within {CLOSE_WAIT:g} s"
-        else:
-            said = None if problem is None else f"{type(problem).__name__}: {one_line(problem)}"
         if said is None:
             became = f"the run {self.run_id} is recorded as FAILED"
         else:

@@ -54,6 +54,7 @@ from framework.tracking import (
     SWEEP_TAG,
     TrackingError,
     connect,
+    described,
     one_line,
     pages,
     resolve_uri,
@@ -362,7 +363,7 @@ class SweepRecorder(Callback):
         except TrackingError as error:
             fail(error, 1)
         except Exception as error:
-            fail(f"cannot open the sweep's run in {uri}: {type(error).__name__}: {one_line(error)}", 1)
+            fail(f"cannot open the sweep's run in {uri}: {described(error)}", 1)
         with read_write(config.hydra.overrides.hydra):
             config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{SWEEP_ENV}={sweep_id}")
 

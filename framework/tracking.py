@@ -181,6 +181,11 @@ def one_line(error: BaseException) -> str:
     return (str(error).splitlines() or [""])[0]
 
 
+def described(error: BaseException) -> str:
+    """An exception in one line: ``<type>: <the first line of its message>``."""
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
 def connect(uri: str, experiment: str) -> tuple[Any, str]:
     """A client for ``uri`` and the id of ``experiment``, created if needed, safely under concurrency."""
     for name in ("alembic", "mlflow.store.db.utils"):
