@@ -30,7 +30,7 @@ from framework.checkpoint import CheckpointError
 from framework.config import ConfigError
 from framework.registry import PluginError
 from framework.subcommands import LISTINGS, TOOLS
-from framework.tracking import TrackingError, described, one_line, print_error
+from framework.tracking import RecordingContinues, TrackingError, described, one_line, print_error
 
 
 class JobFailedError(CompactHydraException):
@@ -71,6 +71,8 @@ def run(cfg: DictConfig) -> float:
         fail_job(f"{error.full_key}: cannot be resolved: {one_line(error)}", 2)
     except (engine.DivergenceError, TrackingError) as error:
         fail_job(error, 1)
+    except RecordingContinues as interruption:
+        fail(interruption, 130)
     except KeyboardInterrupt:
         fail("interrupted; the run is recorded as KILLED", 130)
     except Exception as error:  # a plugin's or the framework's: one line, the traceback in the job's folder

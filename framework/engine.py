@@ -7,6 +7,7 @@ forward over time -> loss -> backward through time -> clip -> optimizer step
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -326,8 +327,9 @@ def execute(
     pm = pm or plugins.manager()
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     launch_dir = launch_dir or Path.cwd()
-    with tempfile.TemporaryDirectory(prefix="framework-run-") as scratch:
-        output_dir = output_dir or Path(scratch)
+    with contextlib.ExitStack() as scratch:
+        if output_dir is None:  # a run from Python: its checkpoints go to a folder of its own, removed after it
+            output_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="framework-run-")))
         saved = None
         if config.get("resume"):
             config, saved, origin = resumable(config, overrides, launch_dir, output_dir)

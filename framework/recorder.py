@@ -8,8 +8,8 @@ process sends it one JSON object per line on their connection; it answers, one J
 ========================================  ==============================================
 message (``op`` and fields)               what the worker does
 ========================================  ==============================================
-``start``: uri, experiment, run           creates the run (params, config, overrides, tags),
-                                          or reopens ``run.resume``; answers ``started``
+``start``: uri, experiment, run,          creates the run (params, config, overrides, tags),
+fallback, scratch                         or reopens ``run.resume``; answers ``started``
 ``metrics``: entries [key, value, ms,     writes them (straight into an embedded store's metric
 step]                                     tables, else ``log_batch``)
 ``text`` / ``table``: data, path          logs a text or a JSON table artifact
@@ -18,7 +18,7 @@ step]                                     tables, else ``log_batch``)
 ``end``: status, error                    closes the run; answers ``ended`` and exits
 ========================================  ==============================================
 
-Answers: ``started`` (run_id), ``log`` (level, message: the worker's log lines, logged by the
+Answers: ``started`` (run_id, pid), ``log`` (level, message: the worker's log lines, logged by the
 training process), ``error`` (message: one line naming the store), ``ended``.
 
 When recording fails, the worker answers ``error`` and from then on writes every metric it receives
@@ -27,7 +27,9 @@ until ``end``: then it tries once, for at most :data:`CLOSE_WAIT` seconds (a sto
 hang), to close the run as FAILED with the reason, and answers ``error`` again with the reason and
 what became of the run. When its input ends without ``end`` (the training process was killed), it
 records what it received and closes the run as KILLED: ``resume=<run id>`` continues it from its last
-checkpoint.
+checkpoint. Either way it removes the ``scratch`` folder named in ``start``, where the training process
+leaves the files it asks it to log (figures, the exported model): the training process may have gone
+before the worker logged them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import logging
 import os
 import queue
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -110,6 +113,7 @@ class Recorder:
         self.run_id: str | None = None
         self.fast_store: Path | None = None  # an embedded store whose metric tables are written directly
         self.fallback: Path | None = None
+        self.scratch: Path | None = None  # the training process's files for this run, removed at its end
         self.failure: str | None = None  # why recording failed: nothing but metrics is recorded after it
 
     def handle(self, message: Mapping[str, Any]) -> None:
@@ -178,9 +182,12 @@ class Recorder:
 
     # -- the messages ---------------------------------------------------------
 
-    def start(self, uri: str, experiment: str, run: Mapping[str, Any], fallback: str | None = None) -> None:
+    def start(
+        self, uri: str, experiment: str, run: Mapping[str, Any], fallback: str | None = None, scratch: str | None = None
+    ) -> None:
         """Create the run in ``uri`` with its params, config, overrides and tags; or reopen a resumed run."""
         self.uri, self.fallback = uri, Path(fallback) if fallback else None
+        self.scratch = Path(scratch) if scratch else None
         client, experiment_id = connect(uri, experiment)
         database = sqlite_path(uri)
         if database is not None and schema_revision(database) == SQLITE_SCHEMA:
@@ -199,7 +206,7 @@ class Recorder:
             self.log_params(run["config"])
             client.log_text(self.run_id, yaml.safe_dump(run["config"], sort_keys=False), "config.yaml")
             client.log_text(self.run_id, yaml.safe_dump(list(run["overrides"])), "overrides.yaml")
-        self.answers.send("started", run_id=self.run_id)
+        self.answers.send("started", run_id=self.run_id, pid=os.getpid())
 
     def metrics(self, entries: Sequence[Sequence[Any]]) -> None:
         """Write (key, value, timestamp ms, step) metrics: straight into an embedded store of MLflow 3.17's
@@ -294,18 +301,25 @@ def read_messages(stream: IO[bytes], inbox: queue.SimpleQueue, started: threadin
 
 
 def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
-    """Handle messages until ``end``; input ending early closes the run as KILLED."""
+    """Handle messages until ``end``; input ending early closes the run as KILLED. Then remove the run's scratch
+    folder, before answering ``ended``."""
     recorder = Recorder(answers)
-    while True:
-        message = inbox.get()
-        if message is None:
-            if recorder.run_id is not None:
-                recorder.handle({"op": "end", "status": "KILLED", "error": ABANDONED.format(run_id=recorder.run_id)})
-            return
-        recorder.handle(message)
-        if message["op"] == "end":
-            answers.send("ended")
-            return
+    try:
+        while True:
+            message = inbox.get()
+            if message is None:
+                if recorder.run_id is not None:
+                    recorder.handle(
+                        {"op": "end", "status": "KILLED", "error": ABANDONED.format(run_id=recorder.run_id)}
+                    )
+                return
+            recorder.handle(message)
+            if message["op"] == "end":
+                break
+    finally:
+        if recorder.scratch is not None:
+            shutil.rmtree(recorder.scratch, ignore_errors=True)
+    answers.send("ended")
 
 
 def serve_connection(connection: socket.socket) -> None:

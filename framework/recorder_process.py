@@ -43,8 +43,10 @@ DEFAULT_IDLE = 900.0
 FOLDER_ENV = "FRAMEWORK_RECORDER_DIR"  # where servers keep their sockets; default <tmp>/framework-recorder-<uid>
 IDENTITY_ENV_PREFIX = "MLFLOW_"  # MLflow's settings, some read when it is imported: a server per value
 LOADED = ("mlflow", "sqlalchemy", "pandas", "numpy")  # what a server loads: a new server when one changes
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (Linux's sun_path holds 108 with the final NUL)
 CONNECT_TIMEOUT = 60.0  # seconds for a starting server to listen
 RESTART_AFTER = 0.2  # seconds before starting a server again when the last one found another running
+NOTICE_AFTER = 3.0  # seconds a run waits for its worker at its end before it says what it is waiting for
 
 _starting: subprocess.Popen | None = None  # the server this process started, until it listens
 
@@ -94,6 +96,12 @@ def server_address() -> Path:
     this user can enter (``$FRAMEWORK_RECORDER_DIR``, default ``<tmp>/framework-recorder-<uid>``): whoever
     connects gets a worker that writes files as this user."""
     folder = Path(os.environ.get(FOLDER_ENV) or Path(tempfile.gettempdir()) / f"framework-recorder-{os.getuid()}")
+    address = folder / f"{identity()}.sock"
+    if (size := len(os.fsencode(address))) > SOCKET_PATH_MAX:
+        raise TrackingError(
+            f"the tracking worker's folder {folder} is too deep for a Unix socket ({address} has {size} bytes, "
+            f"at most {SOCKET_PATH_MAX}): set {FOLDER_ENV} to a shorter path"
+        )
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         status = folder.stat()
@@ -104,7 +112,7 @@ def server_address() -> Path:
             f"the tracking worker's folder {folder} is open to other users (owner uid {status.st_uid}, mode "
             f"{status.st_mode & 0o777:o}): set {FOLDER_ENV} to a folder only you can enter (mode 700)"
         )
-    return folder / f"{identity()}.sock"
+    return address
 
 
 def server_failure(log: Path, what: str, said: str | None = None) -> str:
@@ -182,9 +190,11 @@ class RecorderConnection:
             sent = self.socket.send(message)
         self.socket.sendall(message[sent:])
         self.run_id: str | None = None
+        self.pid: int | None = None  # the worker's, once it has answered
         self.failure: str | None = None
         self.reported: str | None = None  # the failure check() last raised
         self.ended = threading.Event()
+        self.delivered = False  # every message, ``end`` included, has gone to the worker, which records them all
         self.outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.writer = threading.Thread(target=self._write_messages, daemon=True)
         self.reader = threading.Thread(target=self._read_answers, daemon=True)
@@ -202,13 +212,44 @@ class RecorderConnection:
             raise TrackingError(self.failure)
 
     def close(self) -> None:
-        """Wait until the worker has recorded everything it was sent and exited."""
+        """Wait until the worker has recorded everything it was sent and exited; if that takes longer than
+        :data:`NOTICE_AFTER` seconds (a slow or hung store), say once what the run is waiting for."""
         self.outbox.put(None)
-        self.writer.join()
+        if not self.wait_closed(NOTICE_AFTER):
+            log.warning(
+                "still recording %s: its tracking worker%s is writing it to the store "
+                "(Ctrl-C leaves it to finish in the background)",
+                self.run_name(),
+                self.pid_part(),
+            )
+            self.wait_closed(None)
+        self.socket.close()
+
+    def left_recording(self, status: str) -> str:
+        """The line for Ctrl-C while the worker, :attr:`delivered` everything, records the run's end (``status``)."""
+        closes = f"closes it as {status}" if self.failure is None else "tries to close it as FAILED"
+        worker = f"its tracking worker{self.pid_part()}"
+        return f"interrupted while recording {self.run_name()}: {worker} goes on in the background and {closes}"
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """Whether, within ``timeout`` seconds (None: however long it takes), every message went to the worker and
+        the worker has closed its end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.writer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.writer.is_alive():
+            return False
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_WR)
-        self.reader.join()
-        self.socket.close()
+        self.reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.reader.is_alive()
+
+    def run_name(self) -> str:
+        """``the run <id>``, or what a run the worker has not created yet is."""
+        return f"the run {self.run_id}" if self.run_id else "the run (not yet created in the store)"
+
+    def pid_part(self) -> str:
+        """`` (pid N)`` once the worker has said its process id, else nothing."""
+        return f" (pid {self.pid})" if self.pid else ""
 
     def _write_messages(self) -> None:
         while (data := self.outbox.get()) is not None:
@@ -217,13 +258,14 @@ class RecorderConnection:
             except OSError:
                 self.failure = self.failure or self.stopped()
                 return
+        self.delivered = True
 
     def _read_answers(self) -> None:
         with contextlib.suppress(OSError):
             for line in self.socket.makefile("rb"):
                 answer = json.loads(line)
                 if answer["op"] == "started":
-                    self.run_id = answer["run_id"]
+                    self.run_id, self.pid = answer["run_id"], answer["pid"]
                     log.info("Tracking run %s", self.run_id)
                 elif answer["op"] == "log":
                     log.log(answer["level"], "%s", answer["message"])

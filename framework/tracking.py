@@ -61,6 +61,11 @@ DIRECTION_TAG = "framework.direction"  # minimize | maximize
 T = TypeVar("T")
 
 
+class RecordingContinues(KeyboardInterrupt):
+    """Ctrl-C while the tracking worker, which has every message of the run, records its end; ``str()`` is one
+    line saying so (the run is not KILLED: the worker closes it as it ended)."""
+
+
 def resolve_uri(setting: str | None, launch_dir: Path) -> str:
     """The tracking URI: ``setting``, else $MLFLOW_TRACKING_URI, else the embedded store.
 
@@ -321,15 +326,17 @@ class MlflowTracker:
     loaded (:mod:`framework.recorder_server`), opens the store and records while training runs; every
     event becomes a message to it. Metrics are buffered and sent ``tracking.flush_every`` values at a
     time; figures are rendered to PNG files and sent by name; the trained network is exported to files
-    (:mod:`framework.model_files`) that the worker logs as the run's model. At the end of the run the
-    tracker waits for the worker to record everything.
+    (:mod:`framework.model_files`) that the worker logs as the run's model; these files wait in a scratch
+    folder that the worker removes when it is done with the run. At the end of the run the tracker waits
+    for the worker to record everything; Ctrl-C then stops the wait, not the recording
+    (:class:`RecordingContinues`).
     """
 
     def __init__(self) -> None:
         self.worker: RecorderConnection | None = None
         self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
         self.flush_every = 1000
-        self.scratch: tempfile.TemporaryDirectory | None = None  # figures and model files until they are logged
+        self.scratch: Path | None = None  # figures and model files until the worker, which removes it, logs them
 
     # -- run events ---------------------------------------------------------
 
@@ -341,14 +348,15 @@ class MlflowTracker:
         self.flush_every = settings["flush_every"]
         uri = resolve_uri(settings["uri"], run.launch_dir)
         check_store(uri)
-        self.scratch = tempfile.TemporaryDirectory(prefix="framework-tracking-")
         fallback = (run.output_dir or run.launch_dir) / FALLBACK
         self.worker = open_worker()
+        self.scratch = Path(tempfile.mkdtemp(prefix="framework-tracking-"))
         self.worker.send(
             "start",
             uri=uri,
             experiment=run.experiment,
             fallback=str(fallback),
+            scratch=str(self.scratch),
             run={
                 "task": run.task,
                 "experiment": run.experiment,
@@ -384,7 +392,7 @@ class MlflowTracker:
         for name, table in evaluation.tables.items():
             self.worker.send("table", data=table, path=f"tables/{folder}{name}.json")
         for name, figure in evaluation.drawn_figures():
-            path = Path(self.scratch.name) / "figures" / folder / f"{name}.png"
+            path = self.scratch / "figures" / folder / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path)
             self.worker.send("artifact", file=str(path), folder=str(Path("figures", folder)))
@@ -396,7 +404,7 @@ class MlflowTracker:
         self.flush()  # the metrics up to the checkpoint are stored with it
         # the worker may read it after the next checkpoint has replaced ``path`` (and after this process was killed
         # before sending the metrics up to that one): it gets this one, in a file of its own, which it removes
-        kept = Path(self.scratch.name) / "checkpoints" / f"step_{step:07d}" / path.name
+        kept = self.scratch / "checkpoints" / f"step_{step:07d}" / path.name
         kept.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(path, kept)  # the checkpoint is written anew each time (checkpoint.save renames a new file)
@@ -412,40 +420,41 @@ class MlflowTracker:
         if not isinstance(task, Predictor):
             log.info("task %s cannot predict: no model logged", run.task)
             return
-        files = export(task, run.config, Path(self.scratch.name) / "model")
+        files = export(task, run.config, self.scratch / "model")
         self.worker.send(
             "model", files=str(files), register_as=(settings["name"] or run.task) if settings["register"] else None
         )
 
     @hookimpl
     def framework_run_ended(self, run: RunInfo, status: str, error: str | None) -> None:
-        worker = self.worker
+        worker, self.worker, self.scratch = self.worker, None, None  # the worker removes the scratch folder
         if worker is None:
             return
+        self.send_metrics(worker)  # a worker that failed keeps them in the fallback file
+        worker.send("end", status=status, error=error)
         try:
-            self.send_metrics()  # a worker that failed keeps them in the fallback file
-            worker.send("end", status=status, error=error)
             worker.close()
-            if worker.run_id is not None:
-                run.links["mlflow_run_id"] = worker.run_id
-            if worker.failure != worker.reported:  # a failure, or what became of the run after one, said since
-                worker.check()
-        finally:
-            self.scratch.cleanup()
-            self.worker, self.buffer, self.scratch = None, [], None
+        except KeyboardInterrupt:
+            if worker.delivered:  # the worker records the rest and the run's end
+                raise RecordingContinues(worker.left_recording(status)) from None
+            raise
+        if worker.run_id is not None:
+            run.links["mlflow_run_id"] = worker.run_id
+        if worker.failure != worker.reported:  # a failure, or what became of the run after one, said since
+            worker.check()
 
     # -- helpers ------------------------------------------------------------
 
     def flush(self) -> None:
         """Send the buffered metrics to the worker; raise if recording failed."""
-        self.send_metrics()
+        self.send_metrics(self.worker)
         self.worker.check()
 
-    def send_metrics(self) -> None:
-        """Send the buffered (key, value, timestamp, step) metrics to the worker."""
+    def send_metrics(self, worker: RecorderConnection) -> None:
+        """Send the buffered (key, value, timestamp, step) metrics to ``worker``."""
         buffer, self.buffer = self.buffer, []
         if buffer:
-            self.worker.send("metrics", entries=buffer)
+            worker.send("metrics", entries=buffer)
 
 
 tracker = MlflowTracker()  # the plugin object (see plugins.DEFAULT_PLUGINS)

@@ -198,6 +198,7 @@ def test_a_server_that_cannot_load_mlflow_fails_the_run_in_one_line_with_the_err
         ({IDLE_ENV: "-1"}, f"{IDLE_ENV}=-1: expected a number of seconds >= 0 (0: the server exits with its run)"),
         ({FOLDER_ENV: "{tmp}/a-file/recorder"}, "cannot create the tracking worker's folder {tmp}/a-file/recorder: "),
         ({FOLDER_ENV: "{tmp}/shared"}, "the tracking worker's folder {tmp}/shared is open to other users ("),
+        ({FOLDER_ENV: "{tmp}/" + "deep/" * 20}, "the tracking worker's folder {tmp}/" + "deep/" * 19 + "deep is too"),
     ],
 )
 def test_a_bad_recorder_setting_fails_the_run_in_one_line(cli, tmp_path, setting, message):

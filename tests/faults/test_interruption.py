@@ -12,23 +12,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
-from conftest import clean_env, runs_of
+from conftest import alive, clean_env, runs_of
 
 from framework import checkpoint
 from framework.cleanup import PROCESS_TAG, process_tag
+from framework.recorder_process import FOLDER_ENV, server_address
 
 
-def start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``python -m framework *args`` in ``cwd``, in a process group of its own, not waited for."""
+def start(cwd: Path, *args: str, env: dict[str, str] | None = None, stdout: IO[str] | None = None) -> subprocess.Popen:
+    """``python -m framework *args`` in ``cwd``, in a process group of its own, not waited for; Ctrl-C (SIGINT)
+    interrupts it as in a terminal, even if this process was started with it ignored (as in a background job)."""
     return subprocess.Popen(
         [sys.executable, "-m", "framework", *args],
         cwd=cwd,
         env=clean_env(**(env or {})),
-        stdout=subprocess.DEVNULL,
+        stdout=stdout or subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -101,6 +105,9 @@ def test_a_run_killed_with_its_worker_is_cleaned_up_then_resumed(cli, install_pl
     resume=<run id> continues it from its last checkpoint to FINISHED, every step recorded."""
     steps = 20000
     env = install_plugin("paced", PACED)
+    temporary = tmp_path / "tmp"  # the run's own temporary folder: it needs none besides Hydra's output folder
+    temporary.mkdir()
+    env.update(TMPDIR=str(temporary), **{FOLDER_ENV: str(server_address().parent)})
     process = start(tmp_path, f"train.steps={steps}", "train.checkpoint_every=500", env=env)
     try:
         tag = wait_for_recorded_checkpoint(process, default_store)
@@ -111,6 +118,7 @@ def test_a_run_killed_with_its_worker_is_cleaned_up_then_resumed(cli, install_pl
         process.wait(timeout=60)
     finally:
         process.kill()
+    assert list(temporary.glob("framework-run-*")) == []  # nothing left behind for nobody to remove
     (killed,) = runs_of(default_store, "counting")
     assert killed.info.status == "RUNNING"  # nobody was left to record its end
     assert killed.data.tags[PROCESS_TAG] == tag
@@ -141,3 +149,76 @@ def test_a_run_killed_with_its_worker_is_cleaned_up_then_resumed(cli, install_pl
     assert resumed.info.status == "FINISHED"
     assert "error" not in resumed.data.tags  # cleanup's reason went with the resume
     assert steps_of(default_store, killed.info.run_id, "grad_norm") == list(range(steps))
+
+
+STALL_AT_THE_END = """
+import time
+from pathlib import Path
+
+from framework.hookspecs import hookimpl
+
+
+@hookimpl
+def framework_trained(run, task, step):
+    Path("trained").touch()  # the test freezes the run's tracking worker, then says go
+    deadline = time.monotonic() + 60
+    while not Path("go").exists():
+        assert time.monotonic() < deadline, "no go within 60 s"
+        time.sleep(0.05)
+"""
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, seconds: float = 60) -> None:
+    """Wait until ``condition()`` holds while ``process`` runs."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_while_the_worker_records_the_end_leaves_it_recording(install_plugin, default_store, tmp_path):
+    """A run whose tracking worker is slow at the end says, after a few seconds, what it waits for; Ctrl-C then
+    exits 130 with one line saying that the worker goes on, not that the run is KILLED. The worker records the run
+    FINISHED with its figures and model, and removes the files the run left for it."""
+    env = install_plugin("stall", STALL_AT_THE_END)
+    scratch = tmp_path / "tmp"  # where the run leaves the files its worker logs
+    scratch.mkdir()
+    log = tmp_path / "stdout.txt"
+    with log.open("w") as stdout:
+        servers = str(server_address().parent)  # the usual recorder server, not one under the new TMPDIR
+        process = start(tmp_path, env={**env, "TMPDIR": str(scratch), FOLDER_ENV: servers}, stdout=stdout)
+    worker = None
+    try:
+        wait_for(lambda: "Tracking run " in log.read_text(), process, "the run's tracking worker answered")
+        wait_for((tmp_path / "trained").exists, process, "training ended")
+        (run,) = runs_of(default_store, "counting")
+        run_id = run.info.run_id
+        worker = int(run.data.tags[PROCESS_TAG].split(":")[1])
+        os.kill(worker, signal.SIGSTOP)  # it gets the end of the run and cannot record it
+        (tmp_path / "go").touch()
+        notice = f"still recording the run {run_id}: its tracking worker (pid {worker}) is writing it to the store"
+        wait_for(lambda: notice in log.read_text(), process, "the notice")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130  # with the worker still frozen
+    finally:
+        process.kill()
+        if worker is not None:
+            os.kill(worker, signal.SIGCONT)
+    stderr = process.stderr.read()  # to its end: the worker has the run's standard error until it exits
+    assert stderr.strip().splitlines()[-1] == (
+        f"framework: error: interrupted while recording the run {run_id}: its tracking worker (pid {worker}) "
+        "goes on in the background and closes it as FINISHED"
+    )
+    deadline = time.monotonic() + 60
+    while alive(worker):
+        assert time.monotonic() < deadline, "the worker did not finish within 60 s"
+        time.sleep(0.1)
+    recorded = default_store.get_run(run_id)
+    assert recorded.info.status == "FINISHED"
+    assert "error" not in recorded.data.tags
+    assert steps_of(default_store, run_id, "loss") == list(range(501))  # 500 steps, then the final evaluation
+    figures = {Path(a.path).name for a in default_store.list_artifacts(run_id, "figures")}
+    assert figures == {"cost_surface.png", "gradient_over_time.png", "gradient_flow.png"}
+    assert default_store.search_logged_models([recorded.info.experiment_id])  # the model too
+    assert list(scratch.glob("framework-tracking-*")) == []
