@@ -217,7 +217,7 @@ class RecorderConnection:
         self.outbox.put(None)
         if not self.wait_closed(NOTICE_AFTER):
             log.warning(
-                "still recording %s: its tracking worker%s is writing it to the store "
+                "still recording %s: waiting for its tracking worker%s to write it to the store "
                 "(Ctrl-C leaves it to finish in the background)",
                 self.run_name(),
                 self.pid_part(),

@@ -197,7 +197,7 @@ def test_ctrl_c_while_the_worker_records_the_end_leaves_it_recording(install_plu
         worker = int(run.data.tags[PROCESS_TAG].split(":")[1])
         os.kill(worker, signal.SIGSTOP)  # it gets the end of the run and cannot record it
         (tmp_path / "go").touch()
-        notice = f"still recording the run {run_id}: its tracking worker (pid {worker}) is writing it to the store"
+        notice = f"still recording the run {run_id}: waiting for its tracking worker (pid {worker}) to write it"
         wait_for(lambda: notice in log.read_text(), process, "the notice")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130  # with the worker still frozen
