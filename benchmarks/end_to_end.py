@@ -469,6 +469,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="template",
         help="copy a store with its tables created into each run (default), or let each tracked run create it",
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every run, e.g. tracking.figures=false (repeatable)",
+    )
     parser.add_argument("--long-task", default="counting", help="the task of the long run; default counting")
     parser.add_argument("--long-steps", type=int, default=None, help="train.steps of the long run; default 10000")
     parser.add_argument(
@@ -495,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "load_before": os.getloadavg(),
         "argv": sys.argv[1:] if argv is None else list(argv),
     }
-    overrides = [f"train.steps={args.steps}"] if args.steps is not None else []
+    overrides = [*([f"train.steps={args.steps}"] if args.steps is not None else []), *args.override]
     results: dict[tuple[str, str], list[Measure]] = {(t, mode): [] for t in args.tasks for mode in MODES}
     long: dict[str, list[Measure]] = {mode: [] for mode in MODES}
     total, done = args.repeat * (len(results) + len(long)), 0
@@ -518,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results[(task, mode)].append(measure)
                 progress(task, measure)
             for mode in long:
-                measure = run_once(args.long_task, [f"train.steps={args.long_steps}"], mode, template, servers)
+                long_run = [f"train.steps={args.long_steps}", *args.override]
+                measure = run_once(args.long_task, long_run, mode, template, servers)
                 long[mode].append(measure)
                 progress(f"{args.long_task} ({args.long_steps} steps)", measure)
         context["server_peak"] = server_peak(servers)

@@ -9,7 +9,7 @@ What a run records: the flattened config as params, the composed config and
 the command-line overrides as YAML artifacts, the git commit and command line
 as tags, ``loss`` (and the other per-step metrics) at every step, written in
 batches, the evaluation metrics, sampled outputs as text artifacts, tables as JSON (MLflow's table view), figures as
-PNGs, and the final status with the error that ended it.
+PNGs (unless ``tracking.figures=false``), and the final status with the error that ended it.
 """
 
 from __future__ import annotations
@@ -336,6 +336,7 @@ class MlflowTracker:
         self.worker: RecorderConnection | None = None
         self.buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
         self.flush_every = 1000
+        self.figures = True  # tracking.figures: draw the evaluations' figures
         self.scratch: Path | None = None  # figures and model files until the worker, which removes it, logs them
 
     # -- run events ---------------------------------------------------------
@@ -345,7 +346,7 @@ class MlflowTracker:
         settings = run.config["tracking"]
         if not settings["enabled"]:
             return
-        self.flush_every = settings["flush_every"]
+        self.flush_every, self.figures = settings["flush_every"], settings["figures"]
         uri = resolve_uri(settings["uri"], run.launch_dir)
         check_store(uri)
         fallback = (run.output_dir or run.launch_dir) / FALLBACK
@@ -391,7 +392,7 @@ class MlflowTracker:
             self.worker.send("text", data=text, path=f"samples/{folder}{name}.txt")
         for name, table in evaluation.tables.items():
             self.worker.send("table", data=table, path=f"tables/{folder}{name}.json")
-        for name, figure in evaluation.drawn_figures():
+        for name, figure in evaluation.drawn_figures() if self.figures else ():
             path = self.scratch / "figures" / folder / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path)

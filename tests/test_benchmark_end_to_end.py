@@ -55,3 +55,9 @@ def test_a_failing_run_exits_with_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("benchmarks/end_to_end.py: error: `python -m framework task=no_such_task`"), lines[0]
+
+
+def test_an_override_is_passed_to_the_runs(tmp_path: Path) -> None:
+    result = bench("--quick", "--override", "train.stepz=5", cwd=tmp_path)
+    assert result.returncode != 0
+    assert ": framework: error: train.stepz: no such option; accepted: " in result.stderr, result.stderr

@@ -39,3 +39,9 @@ def test_a_failing_sweep_exits_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("benchmarks/sweep.py: error: the basic sweep"), result.stderr
+
+
+def test_an_override_is_passed_to_the_jobs(tmp_path: Path) -> None:
+    result = bench("--jobs", "1", "--repeat", "1", "--import-repeat", "1", "--override", "train.stepz=5", cwd=tmp_path)
+    assert result.returncode != 0
+    assert ": framework: error: train.stepz: no such option; accepted: " in result.stderr, result.stderr

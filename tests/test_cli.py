@@ -89,11 +89,15 @@ class Launched:
 
 @pytest.fixture(scope="module")
 def counting_runs(tmp_path_factory, store_template) -> dict[str, Launched]:
-    """``python -m framework`` (no arguments) and ``seed=N`` for N in 0..4, started at once.
+    """``python -m framework`` (no arguments), ``seed=N`` for N in 0..4 and ``tracking.figures=false``, started at once.
 
     Each runs in its own launch directory, so each has its own default store.
     """
-    commands = {"default": (), **{f"seed={n}": (f"seed={n}",) for n in SEEDS}}
+    commands = {
+        "default": (),
+        **{f"seed={n}": (f"seed={n}",) for n in SEEDS},
+        "tracking.figures=false": ("tracking.figures=false",),
+    }
     root = tmp_path_factory.mktemp("counting")
     started = {}
     for index, (label, args) in enumerate(commands.items()):
@@ -172,6 +176,25 @@ def test_default_run_records_params_tags_metrics_and_artifacts(counting_runs):
     assert run_id in log_file.read_text()
     assert not list((launch_dir / "outputs").rglob("mlruns")), "the store moved into Hydra's output folder"
     assert not list((launch_dir / "outputs").rglob("*.db"))
+
+
+def test_a_run_without_figures_records_everything_else_as_the_default_run(counting_runs):
+    """tracking.figures=false: no figures/ artifacts; the same metrics, samples and model as the default run."""
+    default, bare = counting_runs["default"], counting_runs["tracking.figures=false"]
+    assert bare.result.returncode == 0, bare.result.stderr
+    run, reference = bare.only_run(), default.only_run()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.figures"] == "False"
+    assert [a.path for a in default.client.list_artifacts(reference.info.run_id, "figures")]  # the default draws them
+    assert bare.client.list_artifacts(run.info.run_id, "figures") == []
+    assert all_histories(bare.client, run) == all_histories(default.client, reference)
+
+    def texts(launched: Launched, run_id: str) -> dict[str, str]:
+        folder = launched.client.download_artifacts(run_id, "samples", str(launched.launch_dir / "samples"))
+        return {path.name: path.read_text() for path in Path(folder).iterdir()}
+
+    assert texts(bare, run.info.run_id) == texts(default, reference.info.run_id)
+    assert bare.client.search_logged_models([run.info.experiment_id])  # the model is logged
 
 
 @pytest.mark.parametrize("seed", SEEDS)
