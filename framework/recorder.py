@@ -56,6 +56,7 @@ from framework.cleanup import PROCESS_TAG, process_tag
 from framework.config import flatten
 from framework.tracking import (
     DIRECTION_TAG,
+    LOGGED_ARTIFACTS_TAG,
     MAX_PARAM_LENGTH,
     METRICS_PER_BATCH,
     OBJECTIVE_TAG,
@@ -68,6 +69,7 @@ from framework.tracking import (
     connect,
     described,
     git_commit,
+    log_table,
     schema_revision,
     sqlite_path,
     sweep_parent,
@@ -113,6 +115,7 @@ class Recorder:
         self.run_id: str | None = None
         self.fast_store: Path | None = None  # an embedded store whose metric tables are written directly
         self.fallback: Path | None = None
+        self.tables: list[dict[str, str]] = []  # the run's tables so far, as its mlflow.loggedArtifacts tag lists them
         self.scratch: Path | None = None  # the training process's files for this run, removed at its end
         self.failure: str | None = None  # why recording failed: nothing but metrics is recorded after it
 
@@ -195,8 +198,10 @@ class Recorder:
         if run["resume"]:
             client.update_run(run["resume"], status="RUNNING")
             client.set_tag(run["resume"], PROCESS_TAG, process_tag())  # this worker closes it now
-            if "error" in client.get_run(run["resume"]).data.tags:  # why it stopped before: no longer true
+            tags = client.get_run(run["resume"]).data.tags
+            if "error" in tags:  # why it stopped before: no longer true
                 client.delete_tag(run["resume"], "error")
+            self.tables = json.loads(tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
             self.client, self.run_id = client, run["resume"]
         else:
             self.client = client
@@ -223,7 +228,7 @@ class Recorder:
         self.client.log_text(self.run_id, data, path)
 
     def table(self, data: dict[str, list], path: str) -> None:
-        self.client.log_table(self.run_id, data, path)
+        log_table(self.client, self.run_id, data, path, self.tables)
 
     def artifact(self, file: str, folder: str, remove: bool = False) -> None:
         self.client.log_artifact(self.run_id, file, folder)

@@ -55,6 +55,7 @@ from framework.tracking import (
     TrackingError,
     connect,
     described,
+    log_table,
     one_line,
     pages,
     resolve_uri,
@@ -290,13 +291,14 @@ def plot_figure(table: dict[str, list[Any]], plot: SweepPlot, metric: str):
     return figure
 
 
-def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot) -> None:
-    """The plot's table and one figure per metric into the parent run (nothing without a finished child)."""
+def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot, tables: list) -> None:
+    """The plot's table and one figure per metric into the parent run (nothing without a finished child);
+    ``tables``: the run's tables so far (see :func:`framework.tracking.log_table`)."""
     table = plot_table(children, plot)
     if not table[plot.x]:
         log.warning("sweep %s: no finished job records %s, so there is nothing to plot", run_id, plot.x)
         return
-    client.log_table(run_id, table, f"tables/by_{plot.name}.json")
+    log_table(client, run_id, table, f"tables/by_{plot.name}.json", tables)
     for metric in plot.metrics:
         client.log_figure(run_id, plot_figure(table, plot, metric), f"figures/{metric}_by_{plot.name}.png")
 
@@ -325,11 +327,12 @@ def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) ->
     client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    tables: list[dict[str, str]] = []
     if children:
-        client.log_table(run_id, summary_table(children), "summary.json")
+        log_table(client, run_id, summary_table(children), "summary.json", tables)
     if children and plot is not None:
         try:
-            log_plots(client, run_id, children, plot)
+            log_plots(client, run_id, children, plot, tables)
         except Exception as error:  # the summary stands without the plots; the run must still end
             log.error("could not plot sweep run %s: %s", run_id, one_line(error))
     client.set_terminated(run_id, parent_status(counts, completed))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
@@ -54,6 +55,7 @@ SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.s
 SWEEP_TAG = "framework.sweep_id"  # on a sweep's parent run and on each of its jobs' runs
 ROLE_TAG = "framework.role"  # 'sweep' on a parent run
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests the run under its parent in the UI
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # MLflow's own: the run's tables, for the UI's table view
 OBJECTIVE_TAG = "framework.objective"  # the metric a run returns to sweepers
 DIRECTION_TAG = "framework.direction"  # minimize | maximize
 
@@ -278,6 +280,33 @@ def write_metrics(database: Path, run_id: str, entries: Sequence[tuple[str, floa
             "> (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
             list(latest.values()),
         )
+
+
+def table_json(table: Mapping[str, Sequence[Any]]) -> str:
+    """A table (column name -> values) as MLflow's ``log_table`` writes it: JSON ``{"columns": [...], "data":
+    [row, ...]}`` (pandas' orient 'split'), a NaN or infinite number as null, floats at full precision (where
+    ``log_table`` keeps 10 digits)."""
+    lengths = {name: len(values) for name, values in table.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"a table's columns differ in length: {lengths}")
+
+    def cell(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    rows = zip(*table.values(), strict=False)  # their lengths are checked above, with a better message
+    return json.dumps({"columns": list(table), "data": [[cell(v) for v in row] for row in rows]})
+
+
+def log_table(client: Any, run_id: str, table: Mapping[str, Sequence[Any]], path: str, listed: list) -> None:
+    """Log ``table`` at ``path`` as MLflow's ``log_table`` does: its JSON file (:func:`table_json`), listed in the
+    run's :data:`LOGGED_ARTIFACTS_TAG` so that the UI shows it as a table. ``listed`` is that tag's list so far,
+    which this extends: ``log_table`` reads the whole run back and goes through pandas for each table (13 ms
+    against about 2 here, on the embedded store), and a run evaluated often logs a table each time."""
+    client.log_text(run_id, table_json(table), path)
+    entry = {"path": path, "type": "table"}
+    if entry not in listed:
+        listed.append(entry)
+        client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps(listed))
 
 
 def sweep_parent(client: Any, experiment_id: str, sweep_id: str) -> str | None:

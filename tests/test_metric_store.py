@@ -1,10 +1,13 @@
-"""Per-step metrics written straight into an embedded store must read back exactly as MLflow's log_batch writes."""
+"""What the recorder writes without MLflow's own calls (per-step metrics straight into an embedded store, tables)
+must read back as those calls write it."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pytest
 from conftest import seed_store
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -59,3 +62,16 @@ def test_other_stores_have_no_known_revision(tmp_path):
     assert tracking.schema_revision(tmp_path / "missing.db") is None
     (tmp_path / "empty.db").write_bytes(b"")
     assert tracking.schema_revision(tmp_path / "empty.db") is None
+
+
+def test_a_table_is_written_as_log_table_writes_it():
+    """The same JSON as MLflow's log_table (pandas, orient 'split'): numbers, text, a missing value as null (floats
+    at full precision, where log_table keeps 10 digits)."""
+    import pandas as pd
+
+    table = {"word": ["mans", "upp", "ö"], "count": [1, 2, 3], "share": [0.5, float("nan"), 0.125]}
+    assert json.loads(tracking.table_json(table)) == json.loads(
+        pd.DataFrame(table).to_json(orient="split", index=False)
+    )
+    with pytest.raises(ValueError, match=r"a table's columns differ in length: \{'a': 2, 'b': 1\}"):
+        tracking.table_json({"a": [1, 2], "b": [3]})

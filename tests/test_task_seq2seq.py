@@ -140,7 +140,7 @@ def test_stops_when_solved_or_trains_on(compose):
     assert recorder.evaluations[-1] == (400, True)
 
 
-def test_a_default_run_records_accuracy_translations_and_the_figure(cli, default_store):
+def test_a_default_run_records_accuracy_translations_and_the_figure(cli, default_store, tmp_path, monkeypatch):
     result = cli("task=seq2seq")
     assert result.returncode == 0, result.stderr
     (run,) = runs_of(default_store, "seq2seq")
@@ -161,6 +161,14 @@ def test_a_default_run_records_accuracy_translations_and_the_figure(cli, default
     assert table["columns"] == ["word", "translation", "expected", "result"]
     assert [row[:2] for row in table["data"][:6]] == [list(pair) for pair in PAIRS.items()]
     assert [row[0] for row in table["data"][6:]] == ["mans", "upp"]
+    # every table is listed for MLflow's table view, and MLflow reads it back as it wrote its own
+    tables = [f"tables/{step}translations.json" for step in [*(f"step_{s:07d}/" for s in range(20, solved, 20)), ""]]
+    listed = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert sorted(entry["path"] for entry in listed) == sorted(tables)
+    assert {entry["type"] for entry in listed} == {"table"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")  # load_table's search
+    frame = client.load_table(run.info.experiment_id, "tables/translations.json", run_ids=[run_id])
+    assert frame.values.tolist() == table["data"]
     first = Path(client.download_artifacts(run_id, "samples/step_0000020/translations.txt")).read_text()
     assert first.startswith("after 20 steps")
     figure = Path(client.download_artifacts(run_id, "figures/decoder_probabilities.png"))
