@@ -38,7 +38,7 @@ import yaml
 from framework.hookspecs import hookimpl
 from framework.model_files import export
 from framework.protocols import Evaluation, Predictor, RunInfo, Task
-from framework.recorder_process import RecorderConnection, TrackingError, open_worker
+from framework.recorder_process import RecorderConnection, TrackingError, open_worker, plain
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def table_json(table: Mapping[str, Sequence[Any]]) -> str:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     rows = zip(*table.values(), strict=False)  # their lengths are checked above, with a better message
-    return json.dumps({"columns": list(table), "data": [[cell(v) for v in row] for row in rows]})
+    return json.dumps({"columns": list(table), "data": [[cell(v) for v in row] for row in rows]}, default=plain)
 
 
 def log_table(client: Any, run_id: str, table: Mapping[str, Sequence[Any]], path: str, listed: list) -> None:

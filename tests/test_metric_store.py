@@ -65,11 +65,11 @@ def test_other_stores_have_no_known_revision(tmp_path):
 
 
 def test_a_table_is_written_as_log_table_writes_it():
-    """The same JSON as MLflow's log_table (pandas, orient 'split'): numbers, text, a missing value as null (floats
-    at full precision, where log_table keeps 10 digits)."""
+    """The same JSON as MLflow's log_table (pandas, orient 'split'): numbers (numpy's too), text, a missing value as
+    null (floats at full precision, where log_table keeps 10 digits)."""
     import pandas as pd
 
-    table = {"word": ["mans", "upp", "ö"], "count": [1, 2, 3], "share": [0.5, float("nan"), 0.125]}
+    table = {"word": ["mans", "upp", "ö"], "count": list(np.arange(1, 4)), "share": [0.5, float("nan"), 0.125]}
     assert json.loads(tracking.table_json(table)) == json.loads(
         pd.DataFrame(table).to_json(orient="split", index=False)
     )
