@@ -205,7 +205,7 @@ def test_ctrl_c_while_the_worker_records_the_end_leaves_it_recording(install_plu
         process.kill()
         if worker is not None:
             os.kill(worker, signal.SIGCONT)
-    stderr = process.stderr.read()  # to its end: the worker has the run's standard error until it exits
+    _, stderr = process.communicate(timeout=60)  # to its end: the worker has the run's standard error until it exits
     assert stderr.strip().splitlines()[-1] == (
         f"framework: error: interrupted while recording the run {run_id}: its tracking worker (pid {worker}) "
         "goes on in the background and closes it as FINISHED"
