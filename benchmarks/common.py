@@ -83,3 +83,14 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def add_override_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--override KEY=VALUE`` (repeatable, into ``args.override``): a Hydra override for every ``what``."""
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"an override for every {what}, e.g. tracking.figures=false (repeatable)",
+    )

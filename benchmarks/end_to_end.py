@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PROG, blas_kernels, clean_env, fail, gist, require_positive, table
+from common import PROG, add_override_option, blas_kernels, clean_env, fail, gist, require_positive, table
 
 from framework.recorder_process import FOLDER_ENV, IDLE_ENV
 from framework.recorder_server import pids_in_log
@@ -469,13 +469,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="template",
         help="copy a store with its tables created into each run (default), or let each tracked run create it",
     )
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an override for every run, e.g. tracking.figures=false (repeatable)",
-    )
+    add_override_option(parser, "run")
     parser.add_argument("--long-task", default="counting", help="the task of the long run; default counting")
     parser.add_argument("--long-steps", type=int, default=None, help="train.steps of the long run; default 10000")
     parser.add_argument(

@@ -235,12 +235,16 @@ class RecorderConnection:
         """Whether, within ``timeout`` seconds (None: however long it takes), every message went to the worker and
         the worker has closed its end."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.writer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        self.writer.join(left())
         if self.writer.is_alive():
             return False
         with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_WR)
-        self.reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self.reader.join(left())
         return not self.reader.is_alive()
 
     def run_name(self) -> str:
