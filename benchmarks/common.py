@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from framework.recorder_process import FOLDER_ENV, IDLE_ENV
+from framework.tracking.recorder_process import FOLDER_ENV, IDLE_ENV
 
 PROG = f"benchmarks/{Path(sys.argv[0]).name}"  # the script being run, for its messages
 

@@ -65,16 +65,18 @@ from typing import Any
 
 from common import PROG, add_override_option, blas_kernels, clean_env, fail, gist, require_positive, table
 
-from framework.recorder_process import FOLDER_ENV, IDLE_ENV
-from framework.recorder_server import pids_in_log
+from framework.tracking.recorder_process import FOLDER_ENV, IDLE_ENV
+from framework.tracking.recorder_server import pids_in_log
 
 TIMEOUT = 3600.0  # seconds, for any one run
 TASKS = ("counting", "adder", "echo", "charlm", "seq2seq")
 MODES = ("warm", "cold", "off")  # tracked with a running recorder server, tracked starting one, untracked
 TRACKED = ("warm", "cold")
 LOG_TIME = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
-FINISHED = re.compile(LOG_TIME + r"\[framework\.engine\]\[INFO\] - \S+ finished in ([0-9.]+) s", re.MULTILINE)
-TRACKING_RUN = re.compile(LOG_TIME + r"\[framework\.tracking\]\[INFO\] - Tracking run ([0-9a-f]+)$", re.MULTILINE)
+FINISHED = re.compile(LOG_TIME + r"\[framework\.core\.engine\]\[INFO\] - \S+ finished in ([0-9.]+) s", re.MULTILINE)
+TRACKING_RUN = re.compile(
+    LOG_TIME + r"\[framework\.tracking\.tracker\]\[INFO\] - Tracking run ([0-9a-f]+)$", re.MULTILINE
+)
 MODEL_LOGGED = re.compile(r"\] - Logged the model .* in ([0-9.]+) s")
 STEP_METRIC = "grad_norm"  # logged by every training step, never by an evaluation
 

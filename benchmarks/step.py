@@ -4,7 +4,7 @@ A training step is forward over the sequence, the loss, backpropagation through 
 clipping by global norm and the optimizer update. For every configuration it is timed for
 
 * ours: the engine's real objects, built from the composed Hydra config through the plugin registry
-  (``framework.engine.build``): ``run.task.model.loss_and_grads``, ``global_norm`` + ``clip_by_norm``,
+  (``framework.core.engine.build``): ``run.task.model.loss_and_grads``, ``global_norm`` + ``clip_by_norm``,
   ``run.optimizer.step``, on batches drawn from the task's own dataset;
 * torch module: ``nn.RNN``/``nn.LSTM``/``nn.GRU`` + ``nn.Linear``, the same loss, ``clip_grad_norm_``
   and the matching ``torch.optim`` optimizer (SGD, Adagrad, ...), starting from our initial weights;
@@ -71,12 +71,12 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the framework an
 
 from common import blas_kernels  # noqa: E402
 
-from framework import engine, plugins  # noqa: E402
+from framework.core import engine, plugins  # noqa: E402
+from framework.core.protocols import Batch  # noqa: E402
 from framework.nn.cells import ElmanCell, GRUCell, LSTMCell  # noqa: E402
 from framework.nn.clipping import clip_by_norm, global_norm  # noqa: E402
 from framework.nn.losses import MeanSquaredError, SigmoidSquaredError, SoftmaxCrossEntropy  # noqa: E402
 from framework.nn.optimizers import SGD, Adagrad, Adam, RMSprop, Rprop  # noqa: E402
-from framework.protocols import Batch  # noqa: E402
 
 PROG = "benchmarks/step.py"
 HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator: see the module docstring
@@ -282,7 +282,7 @@ class Composer:
         self.context.__enter__()
 
     def build(self, overrides: Sequence[str]) -> engine.Run:
-        """``framework.engine.build`` of the config composed from ``overrides``."""
+        """``framework.core.engine.build`` of the config composed from ``overrides``."""
         from hydra import compose
 
         return engine.build(compose(config_name="config", overrides=list(overrides)), self.pm, overrides)

@@ -19,14 +19,15 @@ from functools import partial
 
 import numpy as np
 
-from framework.config import ConfigError, param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch, Evaluation, Parts
+from framework.core.registry import Recipe
 from framework.nn.functions import sigmoid
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense
 from framework.nn.model import RecurrentModel
-from framework.protocols import Batch, Evaluation, Parts
-from framework.registry import Recipe
 
 FULL_BATCH_LIMIT = 2**20  # train.batch_size=0 trains on every pair at once, up to this many
 PAIRS_PER_DRAW = 4096  # random batches are drawn and encoded this many pairs at a time

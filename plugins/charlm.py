@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from framework import seeding
-from framework.config import ConfigError, param
-from framework.hookspecs import hookimpl
+from framework.core import seeding
+from framework.core.config import param
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch, Evaluation, Parts
+from framework.core.registry import Recipe
 from framework.nn.functions import log_softmax
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense, one_hot
 from framework.nn.model import RecurrentModel
-from framework.protocols import Batch, Evaluation, Parts
-from framework.registry import Recipe
 
 NEWLINE = "\n"  # ends every name; symbol 0
 MAX_NAMES = 1000  # names a model writes for one request, at most

@@ -16,13 +16,14 @@ from functools import partial
 
 import numpy as np
 
-from framework.config import ConfigError, param
-from framework.data import ArrayDataset
-from framework.diagnostics import flow_of
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.data import ArrayDataset
+from framework.core.diagnostics import flow_of
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch, Evaluation, Parts
+from framework.core.registry import Recipe
 from framework.nn.model import RecurrentModel
-from framework.protocols import Batch, Evaluation, Parts
-from framework.registry import Recipe
 
 # the points whose gradient flow over time the tutorial draws
 GRADIENT_POINTS = ((2.0, 1.0), (1.0, 2.0), (1.0, -2.0), (1.0, 0.0), (1.0, 0.5), (1.0, -0.5))
@@ -158,7 +159,7 @@ class CountingTask:
     def gradient_figure(self):
         """|dL/dS_k| over the time steps k for the tutorial's six points (symlog scale), averaged over the sequences.
 
-        The same measurement as the gradient flow of every run (framework.diagnostics): n_k = mean_b |dL/dS_{b,k}|.
+        The same measurement as the gradient flow of every run (framework.core.diagnostics): n_k = mean_b |dL/dS_{b,k}|.
         """
         from matplotlib.figure import Figure
 

@@ -41,13 +41,14 @@ from functools import partial
 import numpy as np
 from omegaconf import OmegaConf
 
-from framework.config import ConfigError, param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch, Evaluation, Parts
+from framework.core.registry import Recipe
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense
 from framework.nn.model import RecurrentModel
-from framework.protocols import Batch, Evaluation, Parts
-from framework.registry import Recipe
 
 CLASSES = 2  # a bit is 0 or 1
 ROWS = 5  # the tutorial's batch_size: rows of a series, one sequence of a batch each

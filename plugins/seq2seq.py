@@ -25,14 +25,15 @@ from functools import partial
 
 import numpy as np
 
-from framework.config import ConfigError, param
-from framework.data import ArrayDataset
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.data import ArrayDataset
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch, Cell, Evaluation, Loss, Parts, State, StepResult
+from framework.core.registry import Recipe
 from framework.nn.functions import softmax
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense, one_hot
-from framework.protocols import Batch, Cell, Evaluation, Loss, Parts, State, StepResult
-from framework.registry import Recipe
 
 ALPHABET = "SE?abcdefghijklmnopqrstuvwxyz"  # 'S' starts the decoder input, 'E' ends a sequence, '?' pads
 START, END, PAD = "S", "E", "?"

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framework.config import param
-from framework.data import ArrayDataset
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.data import ArrayDataset
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Evaluation, Parts
+from framework.core.registry import Recipe
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense
 from framework.nn.model import RecurrentModel
-from framework.protocols import Evaluation, Parts
-from framework.registry import Recipe
 
 INPUTS = ((1.0, 1.0), (1.0, 1.0), (2.0, 2.0))
 

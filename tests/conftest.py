@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.recorder_process import FOLDER_ENV, IDLE_ENV
+from framework.tracking.recorder_process import FOLDER_ENV, IDLE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def compose():
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from framework import plugins
+    from framework.core import plugins
 
     plugins.manager()  # registers every component's Hydra options
     with initialize_config_module(config_module="framework.conf", version_base="1.3"):

@@ -14,7 +14,7 @@ import pytest
 STEPS_PAGE_FAULTS = """
 import json, resource, sys
 import numpy as np
-from framework.allocator import keep_freed_memory
+from framework.core.allocator import keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "keep" else None
 def step():
     arrays = [np.ones(n * 1024 * 1024 // 8) for n in (13, 3, 3, 13, 6)]

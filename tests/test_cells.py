@@ -8,11 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framework.config import ConfigError, build
-from framework.gradcheck import check_cell
+from framework.core.config import build
+from framework.core.errors import ConfigError
+from framework.core.gradcheck import check_cell
+from framework.core.plugins import manager
 from framework.nn import cells
 from framework.nn.cells import GRUConfig, LSTMConfig, make_gru, make_lstm
-from framework.plugins import manager
 
 CELLS = ["linear", "rnn", "lstm", "gru"]
 B, T, I, H = 3, 6, 4, 5  # noqa: E741 (batch, steps, inputs, hidden units, as in the math)

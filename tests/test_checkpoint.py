@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from conftest import clean_env, one_line, runs_of
 
-from framework import checkpoint, engine, plugins
-from framework.hookspecs import hookimpl
-from framework.recorder import ABANDONED
-from framework.tracking import CHECKPOINT
+from framework.core import checkpoint, engine, plugins
+from framework.core.errors import CheckpointError
+from framework.core.hookspecs import hookimpl
+from framework.tracking.recorder import ABANDONED
+from framework.tracking.tracker import CHECKPOINT
 
 # -- the file --------------------------------------------------------------------
 
@@ -54,19 +55,19 @@ def test_save_then_load_gives_back_everything(tmp_path, state):
 
 
 def test_missing_truncated_and_foreign_files_are_refused_in_one_line(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
         checkpoint.load(tmp_path / "nothing.npz")
     path = checkpoint.save(tmp_path / "last.npz", sample(None))
     data = path.read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged") as error:
+    with pytest.raises(CheckpointError, match="truncated or damaged") as error:
         checkpoint.load(tmp_path / "cut.npz")
     assert "\n" not in str(error.value)
     np.savez(tmp_path / "pickled.npz", meta=np.array([{"a": 1}], dtype=object))  # an object array needs pickle
-    with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged"):
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
         checkpoint.load(tmp_path / "pickled.npz")
     np.savez(tmp_path / "other.npz", meta=np.array('{"format": "something-else"}'))
-    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this framework"):
+    with pytest.raises(CheckpointError, match="not a checkpoint of this framework"):
         checkpoint.load(tmp_path / "other.npz")
 
 
@@ -74,12 +75,12 @@ def test_a_checkpoint_of_another_task_or_shape_does_not_fit(tmp_path):
     saved = checkpoint.load(checkpoint.save(tmp_path / "last.npz", sample(None)))
     params = {name: np.zeros_like(value) for name, value in saved.params.items()}
     checkpoint.check_fits(saved, "adder", params, "here")
-    with pytest.raises(checkpoint.CheckpointError, match="is of task 'adder', not 'echo'"):
+    with pytest.raises(CheckpointError, match="is of task 'adder', not 'echo'"):
         checkpoint.check_fits(saved, "echo", params, "here")
     shape = r"'cell.W' has shape \(3, 4\) in the checkpoint here, \(3, 5\)"
-    with pytest.raises(checkpoint.CheckpointError, match=shape):
+    with pytest.raises(CheckpointError, match=shape):
         checkpoint.check_fits(saved, "adder", {**params, "cell.W": np.zeros((3, 5))}, "here")
-    with pytest.raises(checkpoint.CheckpointError, match=r"'cell\.U' of the network is missing from the checkpoint"):
+    with pytest.raises(CheckpointError, match=r"'cell\.U' of the network is missing from the checkpoint"):
         checkpoint.check_fits(saved, "adder", {**params, "cell.U": np.zeros(1)}, "here")
 
 
@@ -88,7 +89,7 @@ def test_an_optimizer_with_state_of_another_kind_cannot_be_checkpointed():
         def __init__(self) -> None:
             self.config, self.memory = None, ["a", "list"]
 
-    with pytest.raises(checkpoint.CheckpointError, match="attribute 'memory' is a list"):
+    with pytest.raises(CheckpointError, match="attribute 'memory' is a list"):
         checkpoint.optimizer_state(Odd())
 
 
@@ -196,7 +197,7 @@ SIGNAL_AT = """
 import os
 import signal
 
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 SIGNAL, AT = os.environ.get("SIGNAL_AT", "none:never").split(":")  # e.g. SIGINT:1499 or SIGINT:final
 
@@ -276,7 +277,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
 NEXT_CHECKPOINT_AT_ONCE = '''
 import os
 
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)

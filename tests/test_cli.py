@@ -19,7 +19,7 @@ from conftest import REPO, assert_no_runs, clean_env, one_line, runs_of, seed_st
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from framework.subcommands import SUBCOMMANDS
+from framework.cli.subcommands import SUBCOMMANDS
 
 # -- helpers -------------------------------------------------------------------
 
@@ -274,7 +274,7 @@ def test_bad_value_exits_2_with_one_line_and_no_run(cli, tmp_path, args, key, va
 
 def test_list_prints_every_component_with_plugin_and_version(cli):
     from framework import __version__
-    from framework.plugins import create_manager
+    from framework.core.plugins import create_manager
 
     result = cli("list")
     assert result.returncode == 0, result.stderr

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framework.config import param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.hookspecs import hookimpl
 
 
 @dataclass
@@ -49,8 +49,8 @@ raise ImportError("missing dependency foo")
 DUPLICATE_RPROP = '''
 from dataclasses import dataclass
 
-from framework.config import param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.hookspecs import hookimpl
 
 
 @dataclass

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from framework.config import ConfigError, build, flatten
-from framework.settings import Settings
+from framework.core.config import build, flatten
+from framework.core.errors import ConfigError
+from framework.core.settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Gradient flow through time (framework/diagnostics.py): the per-step gradients it reads, checked against
+"""Gradient flow through time (framework/core/diagnostics.py): the per-step gradients it reads, checked against
 central differences for every cell; the norms, the ratio and the heatmap; that it changes nothing in training;
 every task and cell; a cell without per-step gradients; the counting figure; the CLI; a sweep's plots."""
 
@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from conftest import one_line, runs_of
 
-from framework import engine, plugins
-from framework.config import ConfigError, build
-from framework.diagnostics import FIGURE, MEMORY_RATIO, RATIO, FlowRecorder, flow_of, ratio, step_norms
-from framework.gradcheck import check_gradients
-from framework.hookspecs import hookimpl
+from framework.core import engine, plugins
+from framework.core.config import build
+from framework.core.diagnostics import FIGURE, MEMORY_RATIO, RATIO, FlowRecorder, flow_of, ratio, step_norms
+from framework.core.errors import ConfigError
+from framework.core.gradcheck import check_gradients
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import CellGradients, StepResult
 from framework.nn.cells import ElmanCell
 from framework.nn.functions import sigmoid
 from framework.nn.init import InitConfig
-from framework.protocols import CellGradients, StepResult
-from framework.sweep import SweepPlot, plot_figure, plot_table
+from framework.tracking.sweep import SweepPlot, plot_figure, plot_table
 
 REGISTRY = plugins.manager().registry
 CELLS = [c.name for c in REGISTRY.of_kind("cell")]
@@ -211,7 +212,7 @@ def test_a_cell_without_per_step_gradients_trains_without_diagnostics(observed, 
     pm = plugins.manager()
     pm.add(Plugin(), "bare", "1.0")
     try:
-        with caplog.at_level(logging.WARNING, logger="framework.diagnostics"):
+        with caplog.at_level(logging.WARNING, logger="framework.core.diagnostics"):
             run, seen = observed("cell=bare", "train.steps=5", "diagnostics.every=1")
     finally:
         pm.remove("bare")

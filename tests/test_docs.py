@@ -7,8 +7,8 @@ import sys
 
 from conftest import REPO
 
-from framework import plugins
-from framework.docs import equations, options, own_plugins, reference
+from framework.cli.docs import equations, options, own_plugins, reference
+from framework.core import plugins
 
 REGISTRY = plugins.manager().registry
 

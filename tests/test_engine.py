@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framework import engine, plugins
-from framework.data import ArrayDataset
-from framework.hookspecs import hookimpl
+from framework.core import engine, plugins
+from framework.core.data import ArrayDataset
+from framework.core.errors import DivergenceError
+from framework.core.hookspecs import hookimpl
 from framework.nn.layers import one_hot
 
 
@@ -71,7 +72,7 @@ def test_every_task_trains_with_every_optimizer(compose, task, optim):
     run = engine.build(cfg, plugins.manager())
     try:
         final = engine.train(run, plugins.manager().hook)
-    except engine.DivergenceError:
+    except DivergenceError:
         assert (task, optim) == ("counting", "sgd")
     else:
         assert np.isfinite(final.metrics[run.task.objective])

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framework import engine, plugins
-from framework.config import build
-from framework.gradcheck import check_cell, check_gradients, check_loss, check_model, numerical_gradient
+from framework.core import engine, plugins
+from framework.core.config import build
+from framework.core.gradcheck import check_cell, check_gradients, check_loss, check_model, numerical_gradient
 from framework.nn.cells import ACTIVATIONS, RNNConfig, make_rnn
 
 REGISTRY = plugins.manager().registry

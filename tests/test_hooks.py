@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from hydra.core.config_store import ConfigStore
 
-from framework import engine, hookspecs, plugins
-from framework.config import param
-from framework.data import ArrayDataset
-from framework.hookspecs import hookimpl
-from framework.protocols import Batch, Evaluation, StepResult
-from framework.registry import PluginError, Recipe
+from framework.core import engine, hookspecs, plugins
+from framework.core.config import param
+from framework.core.data import ArrayDataset
+from framework.core.errors import DivergenceError, PluginError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch, Evaluation, StepResult
+from framework.core.registry import Recipe
 
 HOOKS = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("framework_")]
 TESTS = Path(__file__).parent
@@ -359,7 +360,7 @@ def test_hook_framework_run_ended(pm, add_plugin, compose):
 
 def test_run_ended_reports_divergence_as_failed(pm, add_plugin, compose):
     recorder = add_plugin(Recorder(), "recorder")
-    with pytest.raises(engine.DivergenceError, match=r"^training diverged at step \d+: loss="):
+    with pytest.raises(DivergenceError, match=r"^training diverged at step \d+: loss="):
         engine.execute(compose("tracking.enabled=false", "optim=sgd", "optim.lr=1e-6"), pm=pm)
     status, error = recorder.events[-1][1:]
     assert status == "FAILED" and error.startswith("training diverged at step")
@@ -419,6 +420,6 @@ def test_hook_framework_trained(pm, add_plugin, compose):
     assert trained[2] == {k: evaluation[3][k] for k in ("w_x", "w_rec")}  # the trained weights, as last evaluated
 
     failed = add_plugin(TrainedRecorder(), "failed")
-    with pytest.raises(engine.DivergenceError):
+    with pytest.raises(DivergenceError):
         engine.execute(compose("tracking.enabled=false", "optim=sgd", "optim.lr=1e-6"), pm=pm)
     assert "trained" not in [e[0] for e in failed.events] and failed.events[-1][1] == "FAILED"

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from framework import plugins
-from framework.config import ConfigError, build
+from framework.core import plugins
+from framework.core.config import build
+from framework.core.errors import ConfigError
 from framework.nn.losses import (
     BinaryCrossEntropy,
     BinaryCrossEntropyConfig,

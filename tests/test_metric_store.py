@@ -12,7 +12,7 @@ from conftest import seed_store
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from framework import tracking
+from framework.tracking import tracker as tracking
 
 
 def metrics_of(client: MlflowClient, run_id: str, keys: set[str]) -> tuple[list, dict]:

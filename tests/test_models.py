@@ -21,11 +21,11 @@ import pytest
 from conftest import alive, clean_env, descendants, free_port, runs_of, seed_store, serving
 from mlflow import MlflowClient
 
-from framework import engine, plugins
-from framework.checkpoint import CheckpointError
-from framework.model_files import export
-from framework.models import load_params, log_model
-from framework.tracking import connect
+from framework.core import engine, plugins
+from framework.core.errors import CheckpointError
+from framework.tracking.model_files import export
+from framework.tracking.models import load_params, log_model
+from framework.tracking.tracker import connect
 
 PREDICT = """
 import json, sys

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framework import plugins
-from framework.config import ConfigError, build
+from framework.core import plugins
+from framework.core.config import build
+from framework.core.errors import ConfigError
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
 from framework.nn.optimizers import (
     SGD,

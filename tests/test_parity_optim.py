@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framework.config import build
+from framework.core.config import build
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
 from framework.nn.optimizers import (
     SGD,

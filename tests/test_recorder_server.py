@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import alive, assert_no_runs, one_line, runs_of
 
-from framework import recorder_process, recorder_server
-from framework.cleanup import PROCESS_TAG
-from framework.recorder_process import FOLDER_ENV, IDLE_ENV
+from framework.tracking import recorder_process, recorder_server
+from framework.tracking.cleanup import PROCESS_TAG
+from framework.tracking.recorder_process import FOLDER_ENV, IDLE_ENV
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_no_runs, one_line, runs_of
 
-from framework import engine, plugins
+from framework.core import engine, plugins
 from framework.nn.functions import sigmoid
 from plugins.adder import PAIRS_PER_DRAW, AdditionDataset, bit_string, from_bits, to_bits
 

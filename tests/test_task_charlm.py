@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import assert_no_runs, one_line, runs_of
 
-from framework import engine, plugins
-from framework.config import ConfigError
-from framework.protocols import Batch
+from framework.core import engine, plugins
+from framework.core.errors import ConfigError
+from framework.core.protocols import Batch
 from plugins.charlm import NamesConfig, NamesDataset, make_names
 
 DTYPE = np.dtype("float64")

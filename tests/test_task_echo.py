@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import assert_no_runs, one_line, runs_of
 
-from framework import engine, plugins
-from framework.config import ConfigError
+from framework.core import engine, plugins
+from framework.core.errors import ConfigError
 from plugins.echo import EchoSeries, EchoSeriesConfig, echo_accuracy, echo_series, learnt, windows_per_epoch
 
 # a short run: 3000 // 5 // 15 = 40 windows per epoch, 3 epochs

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import assert_no_runs, one_line, runs_of
 
-from framework import engine, plugins
-from framework.config import ConfigError
-from framework.gradcheck import check_model
+from framework.core import engine, plugins
+from framework.core.errors import ConfigError
+from framework.core.gradcheck import check_model
 from plugins.seq2seq import ALPHABET, PairsConfig, make_pairs, read_output, split
 
 CELLS = [c.name for c in plugins.manager().registry.of_kind("cell")]

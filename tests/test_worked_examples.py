@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import runs_of
 
-from framework import engine, plugins
+from framework.core import engine, plugins
 
 SRN_TANH = {"h_1": 0.964028, "y_1": 1.928055, "h_2": 0.999226, "y_2": 1.998451, "h_3": 0.999988, "y_3": 1.999975}
 SRN_IDENTITY = {"y_1": 4.0, "y_2": 12.0, "y_3": 32.0}

@@ -50,11 +50,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from framework.config import ConfigError, param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import CellGradients
 from framework.nn.functions import column_sums, sigmoid
 from framework.nn.init import InitConfig, init_weights
-from framework.protocols import CellGradients
 
 # activation f, written into ``out``, and its derivative written in terms of the output h = f(z)
 ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], object], Callable[[np.ndarray], np.ndarray]]] = {

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from framework.protocols import Params
+from framework.core.protocols import Params
 
 
 def global_norm(grads: Params) -> float:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framework.config import ConfigError, param
+from framework.core.config import param
+from framework.core.errors import ConfigError
 
 SCHEMES = ("default", "uniform", "normal")
 

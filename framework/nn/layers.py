@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from framework.core.protocols import Params
 from framework.nn.functions import column_sums
 from framework.nn.init import InitConfig, init_weights
-from framework.protocols import Params
 
 
 class Dense:

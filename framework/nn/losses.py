@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from framework.config import param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.hookspecs import hookimpl
 from framework.nn.functions import sigmoid, softmax_terms
 
 REDUCTIONS = ("mean", "sum")

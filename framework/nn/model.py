@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from framework.core.protocols import Batch, Cell, Loss, State, StepResult
 from framework.nn.layers import Dense
-from framework.protocols import Batch, Cell, Loss, State, StepResult
 
 
 class RecurrentModel:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framework.config import ConfigError, param
-from framework.hookspecs import hookimpl
-from framework.protocols import Params
+from framework.core.config import param
+from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Params
 
 
 def l2(grad: np.ndarray, theta: np.ndarray, weight_decay: float) -> np.ndarray:

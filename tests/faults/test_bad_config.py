@@ -25,11 +25,11 @@ from conftest import assert_no_runs, clean_env, one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework import plugins
-from framework.commandline import config_groups
-from framework.config import describe
-from framework.registry import KINDS
-from framework.settings import Settings
+from framework.core import plugins
+from framework.core.composition import config_groups
+from framework.core.config import describe
+from framework.core.registry import KINDS
+from framework.core.settings import Settings
 
 REGISTRY = plugins.manager().registry
 GROUPS = ("settings", *KINDS)

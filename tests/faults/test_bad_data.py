@@ -59,8 +59,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framework.hookspecs import hookimpl
-from framework.protocols import Batch
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Batch
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from conftest import one_line, runs_of
 
 FLAKY_OBSERVER = """
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 
 @hookimpl
@@ -23,7 +23,7 @@ def framework_metrics(run, step, metrics):
 FLAKY_OPTIMIZER = '''
 from dataclasses import dataclass
 
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 
 @dataclass

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from conftest import one_line, runs_of
 
-from framework import checkpoint
+from framework.core import checkpoint
 
 POISON = '''
 from dataclasses import dataclass
 
-from framework.config import param
-from framework.hookspecs import hookimpl
+from framework.core.config import param
+from framework.core.hookspecs import hookimpl
 from framework.nn.cells import ElmanCell
 from framework.nn.init import InitConfig
 

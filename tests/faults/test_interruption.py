@@ -16,9 +16,9 @@ from typing import IO
 
 from conftest import alive, clean_env, runs_of
 
-from framework import checkpoint
-from framework.cleanup import PROCESS_TAG, process_tag
-from framework.recorder_process import FOLDER_ENV, server_address
+from framework.core import checkpoint
+from framework.tracking.cleanup import PROCESS_TAG, process_tag
+from framework.tracking.recorder_process import FOLDER_ENV, server_address
 
 
 def start(cwd: Path, *args: str, env: dict[str, str] | None = None, stdout: IO[str] | None = None) -> subprocess.Popen:
@@ -76,7 +76,7 @@ def test_ctrl_c_records_killed_with_a_final_checkpoint(default_store, tmp_path):
 PACED = """
 import time
 
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 
 @hookimpl
@@ -155,7 +155,7 @@ STALL_AT_THE_END = """
 import time
 from pathlib import Path
 
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 
 @hookimpl

@@ -25,8 +25,8 @@ import pytest
 from conftest import clean_env, descendants, free_port, mlflow_server, one_line, runs_of
 from mlflow import MlflowClient
 
-from framework.recorder import CLOSE_WAIT
-from framework.tracking import FALLBACK
+from framework.tracking.recorder import CLOSE_WAIT
+from framework.tracking.tracker import FALLBACK
 
 SHORT_RUN = ("train.steps=20", "hydra.run.dir=outputs/run")
 
@@ -164,7 +164,7 @@ import shutil
 import time
 from pathlib import Path
 
-from framework.hookspecs import hookimpl
+from framework.core.hookspecs import hookimpl
 
 
 @hookimpl

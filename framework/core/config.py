@@ -15,32 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value a user gave is not acceptable.
-
-    ``str(error)`` is the whole one-line message: key, value, what is accepted.
-    """
-
-    def __init__(self, key: str, value: Any, accepted: str) -> None:
-        self.key, self.value, self.accepted = key, value, accepted
-        super().__init__(self.message())
-
-    def message(self) -> str:
-        """The one line: ``key=value: expected <what is accepted>``."""
-        return f"{self.key}={self.value!r}: expected {self.accepted}"
-
-    def under(self, prefix: str) -> ConfigError:
-        """The same error with its key placed under ``prefix`` (``lr`` -> ``optim.lr``)."""
-        return type(self)(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.accepted)
-
-
-class UnknownKeyError(ConfigError):
-    """A key that is not an option; ``accepted`` lists the keys that are."""
-
-    def message(self) -> str:
-        """The one line: ``key: no such option; accepted: <keys>``."""
-        return f"{self.key}: no such option; accepted: {self.accepted}"
+from framework.core.errors import ConfigError, UnknownKeyError
 
 
 def param(

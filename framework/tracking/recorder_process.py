@@ -1,7 +1,7 @@
-"""The training process's end of the tracking worker (:mod:`framework.recorder`).
+"""The training process's end of the tracking worker (:mod:`framework.tracking.recorder`).
 
 Each tracked run talks to a worker of its own: a process forked, for the run, by the recorder server
-(:mod:`framework.recorder_server`), which has MLflow loaded and stays up between runs. The server is
+(:mod:`framework.tracking.recorder_server`), which has MLflow loaded and stays up between runs. The server is
 found by its socket; when there is none, the first run starts one, and its worker waits for MLflow to
 load on the second core while the run trains, as a worker of its own would. Every later run with the
 same interpreter, framework code and MLflow gets a worker with MLflow loaded. The server exits after
@@ -31,10 +31,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from framework.recorder_server import load_failure
-from framework.subcommands import SUBCOMMANDS
+from framework.cli.subcommands import SUBCOMMANDS
+from framework.core.errors import TrackingError
+from framework.tracking.recorder_server import load_failure
 
-log = logging.getLogger("framework.tracking")
+log = logging.getLogger("framework.tracking.tracker")
 
 MULTIRUN_FLAGS = ("-m", "--multirun")  # each job connects when it starts, wherever it runs
 TRACKING_SWITCH = "tracking.enabled"
@@ -49,10 +50,6 @@ RESTART_AFTER = 0.2  # seconds before starting a server again when the last one 
 NOTICE_AFTER = 3.0  # seconds a run waits for its worker at its end before it says what it is waiting for
 
 _starting: subprocess.Popen | None = None  # the server this process started, until it listens
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; ``str()`` is one line naming it."""
 
 
 def plain(value: Any) -> Any:
@@ -126,7 +123,7 @@ def start_server(address: Path, idle: float) -> subprocess.Popen:
     """Start a recorder server for ``address`` that exits after ``idle`` seconds without a run, in a session of its
     own (Ctrl-C and the terminal closing do not reach it); it exits at once if another one runs."""
     return subprocess.Popen(
-        [sys.executable, "-m", "framework.recorder_server", str(address), str(idle)],
+        [sys.executable, "-m", "framework.tracking.recorder_server", str(address), str(idle)],
         cwd=Path(__file__).resolve().parents[1],  # `-m framework...` finds this framework first
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """The tracking worker: a process of its own that does everything MLflow does for one run.
 
-The recorder server (:mod:`framework.recorder_server`) forks one for every run the tracker
-(:mod:`framework.tracking`) starts, with MLflow already loaded; it opens the store and records on
+The recorder server (:mod:`framework.tracking.recorder_server`) forks one for every run the tracker
+(:mod:`framework.tracking.tracker`) starts, with MLflow already loaded; it opens the store and records on
 the second core while the training process trains, so training never waits for either. The training
 process sends it one JSON object per line on their connection; it answers, one JSON object per line:
 
@@ -52,9 +52,10 @@ from typing import IO, Any
 
 import yaml
 
-from framework.cleanup import PROCESS_TAG, process_tag
-from framework.config import flatten
-from framework.tracking import (
+from framework.core.config import flatten
+from framework.core.errors import TrackingError, described
+from framework.tracking.cleanup import PROCESS_TAG, process_tag
+from framework.tracking.tracker import (
     DIRECTION_TAG,
     LOGGED_ARTIFACTS_TAG,
     MAX_PARAM_LENGTH,
@@ -64,10 +65,8 @@ from framework.tracking import (
     PARENT_TAG,
     SQLITE_SCHEMA,
     SWEEP_TAG,
-    TrackingError,
     chunks,
     connect,
-    described,
     git_commit,
     log_table,
     schema_revision,
@@ -76,7 +75,7 @@ from framework.tracking import (
     write_metrics,
 )
 
-log = logging.getLogger("framework.recorder")
+log = logging.getLogger("framework.tracking.recorder")
 
 ABANDONED = "the training process ended without closing the run (killed?); resume={run_id} continues it"
 CLOSE_WAIT = 10.0  # seconds the worker gives a store that failed to close the run as FAILED
@@ -215,7 +214,7 @@ class Recorder:
 
     def metrics(self, entries: Sequence[Sequence[Any]]) -> None:
         """Write (key, value, timestamp ms, step) metrics: straight into an embedded store of MLflow 3.17's
-        schema (:func:`framework.tracking.write_metrics`), else through log_batch, at most 1000 a call."""
+        schema (:func:`framework.tracking.tracker.write_metrics`), else through log_batch, at most 1000 a call."""
         if self.fast_store is not None:
             write_metrics(self.fast_store, self.run_id, entries)
             return
@@ -236,7 +235,7 @@ class Recorder:
             os.unlink(file)
 
     def model(self, files: str, register_as: str | None) -> None:
-        from framework.models import log_model
+        from framework.tracking.models import log_model
 
         log_model(self.client, self.run_id, Path(files), register_as)
 
@@ -330,7 +329,7 @@ def serve(inbox: queue.SimpleQueue, answers: Answers) -> None:
 def serve_connection(connection: socket.socket) -> None:
     """Record the run at the other end of ``connection``, in a worker forked by the recorder server: take the
     training process's working folder, environment and standard error from its first bytes (see
-    :class:`framework.recorder_process.RecorderConnection`), then answer its messages on the connection."""
+    :class:`framework.tracking.recorder_process.RecorderConnection`), then answer its messages on the connection."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     size, handed, _, _ = socket.recv_fds(connection, 4, 1)
     if len(size) < 4:
@@ -349,7 +348,7 @@ def serve_connection(connection: socket.socket) -> None:
     logging.getLogger().handlers[:] = [answers]
     logging.getLogger().setLevel(logging.WARNING)
     log.setLevel(logging.INFO)
-    logging.getLogger("framework.models").setLevel(logging.INFO)
+    logging.getLogger("framework.tracking.models").setLevel(logging.INFO)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     started = threading.Event()
     threading.Thread(target=read_messages, args=(messages, inbox, started), daemon=True).start()

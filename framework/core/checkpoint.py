@@ -29,11 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from framework.core.errors import CheckpointError
+
 FORMAT = "framework-checkpoint-1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged or belongs to another run; ``str()`` is one line."""
 
 
 @dataclass

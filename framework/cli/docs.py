@@ -12,9 +12,9 @@ import importlib.metadata
 import inspect
 import typing
 
-from framework.config import describe
-from framework.plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
-from framework.registry import KINDS, Component, Registry
+from framework.core.config import describe
+from framework.core.plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
+from framework.core.registry import KINDS, Component, Registry
 
 DISTRIBUTION = "rnn-tutorial-framework"
 TITLES = {"task": "Tasks", "dataset": "Datasets", "cell": "Cells", "loss": "Losses", "optim": "Optimizers"}

@@ -26,11 +26,12 @@ from types import ModuleType
 import pluggy
 from hydra.core.config_store import ConfigStore
 
-from framework import __version__, hookspecs
-from framework.config import defaults
-from framework.registry import PluginError, Registry
-from framework.settings import Settings
-from framework.tracking import described
+from framework import __version__
+from framework.core import hookspecs
+from framework.core.config import defaults
+from framework.core.errors import PluginError, described
+from framework.core.registry import Registry
+from framework.core.settings import Settings
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 ONLY_ENV = "FRAMEWORK_PLUGINS"
@@ -42,8 +43,8 @@ DEFAULT_PLUGINS = (
     "framework.nn.cells",
     "framework.nn.losses",
     "framework.nn.optimizers",
-    "framework.tracking:tracker",
-    "framework.progress:progress",
+    "framework.tracking.tracker:tracker",
+    "framework.cli.progress:progress",
 )
 
 REGISTRATION_HOOKS = {

@@ -35,10 +35,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from framework.hookspecs import hookimpl
-from framework.model_files import export
-from framework.protocols import Evaluation, Predictor, RunInfo, Task
-from framework.recorder_process import RecorderConnection, TrackingError, open_worker, plain
+from framework.core.checkpoint import Checkpoint
+from framework.core.checkpoint import load as load_checkpoint
+from framework.core.errors import ConfigError, TrackingError, one_line
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import Evaluation, Predictor, RunInfo, Task
+from framework.tracking.model_files import export
+from framework.tracking.recorder_process import RecorderConnection, open_worker, plain
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ SQLITE_SCHEMA = "dc11669786a5"  # the schema revision of MLflow 3.17's SQL store
 
 FALLBACK = "unrecorded-metrics.jsonl"  # in the run's output folder: metrics the store did not take
 CHECKPOINT = "checkpoints/last.npz"  # a run's last checkpoint, as an artifact
-SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.sweep)
+SWEEP_ENV = "FRAMEWORK_SWEEP_ID"  # set in every job of a sweep (see framework.tracking.sweep)
 SWEEP_TAG = "framework.sweep_id"  # on a sweep's parent run and on each of its jobs' runs
 ROLE_TAG = "framework.role"  # 'sweep' on a parent run
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests the run under its parent in the UI
@@ -176,21 +179,6 @@ def check_store(uri: str, wait: float = 5.0) -> None:
         raise TrackingError(
             f"the tracking store {database} is not an SQLite database ({error}): move it away or set tracking.uri"
         ) from None
-
-
-def print_error(message: object) -> None:
-    """Print ``framework: error: <message>`` on standard error: the one line of every failure a user sees."""
-    print(f"framework: error: {message}", file=sys.stderr)
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an exception's message."""
-    return (str(error).splitlines() or [""])[0]
-
-
-def described(error: BaseException) -> str:
-    """An exception in one line: ``<type>: <the first line of its message>``."""
-    return f"{type(error).__name__}: {one_line(error)}"
 
 
 def connect(uri: str, experiment: str) -> tuple[Any, str]:
@@ -348,14 +336,31 @@ def fetch_run(setting: str | None, launch_dir: Path, run_id: str, into: Path) ->
     return config, path
 
 
+def resumable(
+    config: dict[str, Any], overrides: Sequence[str], launch_dir: Path, into: Path
+) -> tuple[dict[str, Any], tuple[Checkpoint, str]]:
+    """The config and last checkpoint of the run named by ``resume``, fetched from its tracking store."""
+    run_id = config["resume"]
+    extra = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "tracking.uri")]
+    if extra:
+        accepted = f"a run id given alone: the run continues with its own config (remove {' '.join(extra)})"
+        raise ConfigError("resume", run_id, accepted)
+    if not config["tracking"]["enabled"]:
+        raise ConfigError("tracking.enabled", False, "true with resume=<run id>: the run is in the tracking store")
+    original, path = fetch_run(config["tracking"]["uri"], launch_dir, run_id, into)
+    original["resume"] = run_id
+    original["tracking"]["uri"] = config["tracking"]["uri"]
+    return original, (load_checkpoint(path), f"of run {run_id}")
+
+
 class MlflowTracker:
     """Records each run in MLflow through a tracking worker process: the training process never imports MLflow.
 
-    The worker (:mod:`framework.recorder`), forked for the run by the recorder server that keeps MLflow
-    loaded (:mod:`framework.recorder_server`), opens the store and records while training runs; every
+    The worker (:mod:`framework.tracking.recorder`), forked for the run by the recorder server that keeps MLflow
+    loaded (:mod:`framework.tracking.recorder_server`), opens the store and records while training runs; every
     event becomes a message to it. Metrics are buffered and sent ``tracking.flush_every`` values at a
     time; figures are rendered to PNG files and sent by name; the trained network is exported to files
-    (:mod:`framework.model_files`) that the worker logs as the run's model; these files wait in a scratch
+    (:mod:`framework.tracking.model_files`) that the worker logs as the run's model; these files wait in a scratch
     folder that the worker removes when it is done with the run. At the end of the run the tracker waits
     for the worker to record everything; Ctrl-C then stops the wait, not the recording
     (:class:`RecordingContinues`).

@@ -1,9 +1,9 @@
 """The recorder server: a process with MLflow loaded that forks a tracking worker for every run.
 
-``python -m framework.recorder_server SOCKET IDLE`` is started by a training process that finds no server
-at ``SOCKET`` (:mod:`framework.recorder_process`), in a session of its own. It listens at once, then loads
+``python -m framework.tracking.recorder_server SOCKET IDLE`` is started by a training process that finds no server
+at ``SOCKET`` (:mod:`framework.tracking.recorder_process`), in a session of its own. It listens at once, then loads
 everything a worker needs (MLflow, its SQL store, the model code; about 2 s of CPU) and accepts
-connections: each one is a run, served by a forked child (:func:`framework.recorder.serve_connection`)
+connections: each one is a run, served by a forked child (:func:`framework.tracking.recorder.serve_connection`)
 that starts with all of that loaded. It exits when no worker has run for ``IDLE`` seconds, when ``SOCKET``
 is deleted (nobody can reach it then), and at once if another server holds ``SOCKET``'s lock. Its log,
 ``SOCKET`` with the suffix ``.log``, says when it has loaded and the pid of every worker it forks.
@@ -49,7 +49,7 @@ def load() -> None:
     import mlflow.store.model_registry.sqlalchemy_store
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
-    from framework import models, recorder  # noqa: F401
+    from framework.tracking import models, recorder  # noqa: F401
 
     models.warm_up()
     if threading.active_count() > 1:  # a thread's locks would be copied into every worker, held
@@ -68,7 +68,7 @@ def fork_worker(connection: socket.socket, listener: socket.socket, lock: IO[str
     try:
         listener.close()
         lock.close()  # the server's lock is released when the server exits, whatever its workers do
-        from framework.recorder import serve_connection
+        from framework.tracking.recorder import serve_connection
 
         serve_connection(connection)
     except BaseException:

@@ -33,20 +33,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from framework.tracking import (
+from framework.core.errors import TrackingError, described, one_line, print_error
+from framework.tracking.tracker import (
     DATABASE,
     METRICS_PER_BATCH,
     PARAMS_PER_BATCH,
     PARENT_TAG,
     STORE_DIR,
-    TrackingError,
     check_reachable,
     chunks,
     connect,
-    described,
-    one_line,
     pages,
-    print_error,
     resolve_uri,
     sqlite_path,
 )

@@ -210,7 +210,7 @@ class Predictor(Protocol):
 class Resumable(Protocol):
     """A task whose own state steers training or its per-step metrics (a smoothed loss, early stopping).
 
-    Checkpoints save it and a resumed run restores it (framework.checkpoint);
+    Checkpoints save it and a resumed run restores it (framework.core.checkpoint);
     tasks without these methods have no such state.
     """
 

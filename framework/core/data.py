@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from framework.protocols import Batch
+from framework.core.protocols import Batch
 
 
 class ArrayDataset:

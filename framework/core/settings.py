@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from framework.config import param
+from framework.core.config import param
 
 
 @dataclass

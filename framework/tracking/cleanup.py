@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# "<host>:<pid>:<start>" of the run's tracking worker (framework.recorder), the process that closes the run
+# "<host>:<pid>:<start>" of the run's tracking worker (framework.tracking.recorder), the process that closes the run
 # even when the training process is killed; this module imports nothing of the framework at its top
 PROCESS_TAG = "framework.process"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -93,7 +93,8 @@ def judge(run: Any, now: float, older_than: float | None) -> Verdict:
 
 def cleanup(uri: str, experiments: list[str], older_than: float | None, dry_run: bool) -> int:
     """Judge every RUNNING run of ``uri`` (of ``experiments``, default all); returns how many were marked FAILED."""
-    from framework.tracking import TrackingError, check_reachable, pages, sqlite_path
+    from framework.core.errors import TrackingError
+    from framework.tracking.tracker import check_reachable, pages, sqlite_path
 
     check_reachable(uri)
     database = sqlite_path(uri)
@@ -150,7 +151,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Entry point of ``python -m framework cleanup ARGS...``; returns the exit code."""
-    from framework.tracking import TrackingError, described, print_error, resolve_uri
+    from framework.core.errors import TrackingError, described, print_error
+    from framework.tracking.tracker import resolve_uri
 
     args = parser().parse_args(argv)
     uri = resolve_uri(args.uri, Path.cwd())

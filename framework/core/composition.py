@@ -1,11 +1,11 @@
-"""The command line as Hydra takes it: checked before Hydra composes it, and Hydra's errors in one line.
+"""Overrides as Hydra composes them: checked before Hydra starts, and Hydra's errors in one line.
 
-Hydra reports a bad command line over several lines (an unknown key, an
-unknown option of a group with its list, a parse error with a link) and some
-with a traceback (``--multirun --cfg job``, ``optim=5``). Here the mistakes
-Hydra cannot explain well are refused before it starts, and the errors it
-raises while composing the config become one line naming the key and what is
-accepted, like every other configuration error.
+Hydra reports a bad override over several lines (an unknown key, an unknown
+option of a group with its list, a parse error with a link) and some with a
+traceback (``optim=5``). Here the mistakes Hydra cannot explain well are
+refused before it starts, and the errors it raises while composing the config
+become one line naming the key and what is accepted, like every other
+configuration error. The command line and the Python API both go through it.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ import re
 from collections.abc import Sequence
 from importlib import resources
 
-from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from framework.config import ConfigError, UnknownKeyError
-from framework.registry import KINDS, Registry
-from framework.tracking import one_line
-
-MODES = ("--run", "--multirun", "--cfg", "--info", "--shell-completion")
+from framework.core.errors import CommandLineError, ConfigError, UnknownKeyError, one_line
+from framework.core.registry import KINDS, Registry
 
 # Hydra's messages for these mistakes name the override only in their text
 AMBIGUOUS = re.compile(r"Ambiguous value for argument '(?P<override>.*)'")
@@ -33,29 +29,20 @@ ALREADY_SET = re.compile(r"An item is already at '(?P<key>.*)'")
 NOT_THERE = re.compile(r"Could not delete from config\. '(?P<key>.*)' does not exist")
 
 
-class CommandLineError(ValueError):
-    """The command line cannot be composed into a config; ``str()`` is one line."""
+def check_overrides(overrides: Sequence[str], registry: Registry, multirun: bool) -> None:
+    """Refuse what Hydra would report with a traceback or a list: a group (``task``, ``dataset``, ``cell``,
+    ``loss``, ``optim``, ``hydra/...``) given no option, an unknown one, several without ``multirun``, or
+    removed with ``~``; and an override Hydra cannot parse.
 
-
-def check(argv: Sequence[str], registry: Registry) -> None:
-    """Refuse what Hydra would report with a traceback or a list: conflicting modes, and a group
-    (``task``, ``dataset``, ``cell``, ``loss``, ``optim``, ``hydra/...``) given no option, an unknown
-    one, several without ``--multirun``, or removed with ``~``.
-
-    Raises :class:`CommandLineError` or :class:`~framework.config.ConfigError`.
+    Raises :class:`~framework.core.errors.CommandLineError` or :class:`~framework.core.errors.ConfigError`.
     """
-    args = get_args_parser().parse_args(list(argv))
-    given = [args.run, args.multirun, args.cfg is not None, args.info is not None, args.shell_completion]
-    if sum(map(bool, given)) > 1:
-        modes = " and ".join(mode for mode, on in zip(MODES, given, strict=True) if on)
-        raise CommandLineError(f"{modes}: give only one of {', '.join(MODES)}")
     try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
         raise CommandLineError(describe(error)) from None
     groups = config_groups()
     for override in parsed:
-        check_choice(override, registry, groups, args.multirun)
+        check_choice(override, registry, groups, multirun)
 
 
 def config_groups() -> set[str]:

@@ -1,13 +1,13 @@
 """The trained network of a run as an MLflow pyfunc model: from code, without pickle.
 
-A run of a task that can predict (:class:`framework.protocols.Predictor`) logs the model ``model``:
+A run of a task that can predict (:class:`framework.core.protocols.Predictor`) logs the model ``model``:
 
 - ``artifacts/params.npz``: the trained parameters, written by numpy and read with ``allow_pickle=False``;
 - ``artifacts/config.yaml``: the run's composed config;
-- ``model_code.py``: MLflow's model from code, ``set_model(TrainedNetwork())`` (:mod:`framework.model_code`);
+- ``model_code.py``: MLflow's model from code, ``set_model(TrainedNetwork())`` (:mod:`framework.tracking.model_code`);
 - the signature, inferred from the task's example request and its answer, and that example.
 
-The training process writes those files (:func:`framework.model_files.export`); the tracking worker
+The training process writes those files (:func:`framework.tracking.model_files.export`); the tracking worker
 turns them into the logged model (:func:`log_model`).
 
 Loading it (``mlflow.pyfunc.load_model("runs:/<run id>/model")``, ``mlflow models serve``) rebuilds the
@@ -37,9 +37,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from framework import __version__, checkpoint
-from framework.model_files import CONFIG, PARAMS, read_example
-from framework.protocols import Params, Predictor
+from framework import __version__
+from framework.core import checkpoint
+from framework.core.protocols import Params, Predictor
+from framework.tracking.model_files import CONFIG, PARAMS, read_example
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class TrainedNetwork(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         """Build the task from ``config.yaml`` by the engine (nothing is tracked) and load ``params.npz`` into it."""
-        from framework import engine, plugins
+        from framework.core import engine, plugins
 
         config = yaml.safe_load(Path(context.artifacts["config"]).read_text())
         self.task = engine.build(config, plugins.manager()).task
@@ -123,7 +124,7 @@ def quiet() -> Iterator[None]:
 
 
 def save(files: Path, into: Path, metadata: Model) -> Path:
-    """Write the pyfunc model made of the exported ``files`` (see :mod:`framework.model_files`) into
+    """Write the pyfunc model made of the exported ``files`` (see :mod:`framework.tracking.model_files`) into
     ``into``/model and return its path; ``metadata`` goes to its MLmodel."""
     example, signature = signature_of(files)
     mlflow.pyfunc.save_model(

@@ -6,7 +6,7 @@
   input example and, inferred from both, its signature).
 
 Writing them needs neither MLflow nor pandas, so the training process never imports them:
-the tracking worker turns the folder into the logged model (:mod:`framework.models`).
+the tracking worker turns the folder into the logged model (:mod:`framework.tracking.models`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from framework.protocols import Predictor
-from framework.recorder_process import plain
+from framework.core.protocols import Predictor
+from framework.tracking.recorder_process import plain
 
 PARAMS = "params.npz"
 CONFIG = "config.yaml"

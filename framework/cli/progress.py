@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from framework.hookspecs import hookimpl
-from framework.protocols import RunInfo
+from framework.core.hookspecs import hookimpl
+from framework.core.protocols import RunInfo
 
 REFRESH_SECONDS = 0.5
 

@@ -25,22 +25,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from framework import commandline, engine, plugins
-from framework.checkpoint import CheckpointError
-from framework.config import ConfigError
-from framework.registry import PluginError
-from framework.subcommands import LISTINGS, TOOLS
-from framework.tracking import RecordingContinues, TrackingError, described, one_line, print_error
+from framework.cli import commandline
+from framework.cli.subcommands import LISTINGS, TOOLS
+from framework.core import engine, plugins
+from framework.core.composition import describe
+from framework.core.errors import FrameworkError, PluginError, described, fail, one_line, print_error
+from framework.tracking.tracker import RecordingContinues, resumable
 
 
 class JobFailedError(CompactHydraException):
     """One job of a sweep failed; Hydra goes on with the others and reports it (one line) at the end."""
-
-
-def fail(message: object, code: int) -> NoReturn:
-    """Print ``framework: error: <message>`` (one line) and exit with ``code``."""
-    print_error(message)
-    raise SystemExit(code)
 
 
 def fail_job(message: object, code: int) -> NoReturn:
@@ -62,15 +56,16 @@ def run(cfg: DictConfig) -> float:
         cfg.tracking.run_name = hydra_config.job.override_dirname or f"job {hydra_config.job.num}"
     try:
         overrides = OmegaConf.to_container(hydra_config.overrides.task)  # as given: ${...} unresolved
-        return engine.execute(
-            cfg, overrides, Path(hydra_config.runtime.cwd), output_dir=Path(hydra_config.runtime.output_dir)
-        )
-    except (ConfigError, PluginError, engine.IncompatibleError, CheckpointError) as error:
-        fail_job(error, 2)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        launch_dir, output_dir = Path(hydra_config.runtime.cwd), Path(hydra_config.runtime.output_dir)
+        saved = None
+        if config.get("resume"):
+            config, saved = resumable(config, overrides, launch_dir, output_dir)
+        return engine.execute(config, overrides, launch_dir, output_dir=output_dir, saved=saved)
+    except FrameworkError as error:
+        fail_job(error, error.exit_code)
     except (InterpolationResolutionError, MissingMandatoryValue) as error:
         fail_job(f"{error.full_key}: cannot be resolved: {one_line(error)}", 2)
-    except (engine.DivergenceError, TrackingError) as error:
-        fail_job(error, 1)
     except RecordingContinues as interruption:
         fail(interruption, 130)
     except KeyboardInterrupt:
@@ -99,7 +94,7 @@ def print_listing(command: str, args: list[str], pm: plugins.PluginManager) -> N
     if command == "list":
         print(component_table(pm))
         return
-    from framework.docs import own_plugins, reference
+    from framework.cli.docs import own_plugins, reference
 
     print(reference(pm.registry, own_plugins()), end="")
 
@@ -117,7 +112,7 @@ def component_table(pm: plugins.PluginManager) -> str:
 def main() -> None:
     """Entry point of ``python -m framework``."""
     if sys.argv[1:2] and sys.argv[1] in TOOLS:  # they need no plugins
-        raise SystemExit(importlib.import_module(f"framework.{sys.argv[1]}").main(sys.argv[2:]))
+        raise SystemExit(importlib.import_module(f"framework.tracking.{sys.argv[1]}").main(sys.argv[2:]))
     try:
         pm = plugins.manager()
     except PluginError as error:
@@ -128,8 +123,8 @@ def main() -> None:
     try:
         commandline.check(sys.argv[1:], pm.registry)
         compose_and_run()
-    except (commandline.CommandLineError, ConfigError) as error:
-        fail(error, 2)
+    except FrameworkError as error:
+        fail(error, error.exit_code)
     finally:
         # the interpreter's last collections would walk every object of every imported module
         gc.freeze()
@@ -150,4 +145,4 @@ def compose_and_run() -> None:
     except CompactHydraException as error:
         if traceback_wanted:
             raise
-        fail(commandline.describe(error), 2)
+        fail(describe(error), 2)

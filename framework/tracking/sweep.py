@@ -39,24 +39,26 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from framework.checkpoint import CheckpointError
-from framework.cli import fail
-from framework.commandline import describe
-from framework.config import ConfigError
-from framework.engine import IncompatibleError
-from framework.registry import PluginError
-from framework.tracking import (
+from framework.core.composition import describe
+from framework.core.errors import (
+    CheckpointError,
+    ConfigError,
+    IncompatibleError,
+    PluginError,
+    TrackingError,
+    described,
+    fail,
+    one_line,
+)
+from framework.tracking.tracker import (
     DIRECTION_TAG,
     OBJECTIVE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_ENV,
     SWEEP_TAG,
-    TrackingError,
     connect,
-    described,
     log_table,
-    one_line,
     pages,
     resolve_uri,
 )
@@ -116,11 +118,11 @@ def check_first_job(config: DictConfig) -> None:
     """Compose and build the sweep's first job (nothing trains, nothing is recorded), so that a config
     no job can run (an unknown key, a bad value common to all) is refused before anything starts.
 
-    Raises what :func:`framework.engine.build` raises, or Hydra's composition errors.
+    Raises what :func:`framework.core.engine.build` raises, or Hydra's composition errors.
     """
     from hydra import compose
 
-    from framework import engine, plugins
+    from framework.core import engine, plugins
 
     job = compose(config_name=config.hydra.job.config_name, overrides=first_job(config.hydra.overrides.task))
     engine.build(job, plugins.manager())
@@ -293,7 +295,7 @@ def plot_figure(table: dict[str, list[Any]], plot: SweepPlot, metric: str):
 
 def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot, tables: list) -> None:
     """The plot's table and one figure per metric into the parent run (nothing without a finished child);
-    ``tables``: the run's tables so far (see :func:`framework.tracking.log_table`)."""
+    ``tables``: the run's tables so far (see :func:`framework.tracking.tracker.log_table`)."""
     table = plot_table(children, plot)
     if not table[plot.x]:
         log.warning("sweep %s: no finished job records %s, so there is nothing to plot", run_id, plot.x)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from framework.protocols import StepResult
+from framework.core.protocols import StepResult
 
 log = logging.getLogger(__name__)
 

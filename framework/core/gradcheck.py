@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from framework.protocols import Batch, Cell, Loss, Model
+from framework.core.protocols import Batch, Cell, Loss, Model
 
 EPS = 1e-4  # the step h of the fourth-order differences: truncation O(h^4), round-off ~1e-16 |f| / h
 POINTS = 4

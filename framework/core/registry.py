@@ -21,16 +21,13 @@ from typing import Any, Protocol
 
 from hydra.core.config_store import ConfigStore
 
-from framework.config import defaults
+from framework.core.config import defaults
+from framework.core.errors import PluginError
 
 COMPONENT_KINDS = ("dataset", "cell", "loss", "optim")
 KINDS = ("task", *COMPONENT_KINDS)
 
 Choice = str | tuple[str, Mapping[str, Any]]
-
-
-class PluginError(Exception):
-    """A plugin is broken or conflicts with another; ``str()`` is one line."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Registration hooks receive a ``register`` callable::
     register(name, factory, config_class, recipe)  # tasks
 
 ``config_class`` is a dataclass of the component's options (made with
-:func:`framework.config.param`); registering it also makes ``<group>=<name>``
+:func:`framework.core.config.param`); registering it also makes ``<group>=<name>``
 a Hydra option, so a plugin's component is selectable from the command line.
 The factories are called as:
 
@@ -21,12 +21,12 @@ The factories are called as:
 - dataset: ``factory(config, rng, dtype) -> Dataset``
 - task:    ``factory(config, parts: Parts) -> Task``
 
-(see :mod:`framework.protocols` for the interfaces they return).
+(see :mod:`framework.core.protocols` for the interfaces they return).
 
 A hook implementation or a component that raises during a run fails the run:
 it is recorded FAILED, and the command line names the plugin and the function
 in one line, with the traceback saved in the run's output folder. A plugin
-that fails to import is skipped with a warning (:mod:`framework.plugins`).
+that fails to import is skipped with a warning (:mod:`framework.core.plugins`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pluggy
 
-from framework.protocols import Evaluation, RunInfo, Task
-from framework.registry import Register
+from framework.core.protocols import Evaluation, RunInfo, Task
+from framework.core.registry import Register
 
 PROJECT = "framework"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -24,32 +24,17 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from framework import checkpoint, plugins, seeding
-from framework.allocator import keep_freed_memory
-from framework.config import ConfigError
-from framework.config import build as build_config
-from framework.diagnostics import FlowRecorder
+from framework.core import checkpoint, plugins, seeding
+from framework.core.allocator import keep_freed_memory
+from framework.core.config import build as build_config
+from framework.core.diagnostics import FlowRecorder
+from framework.core.errors import CheckpointError, ConfigError, DivergenceError, IncompatibleError, one_line
+from framework.core.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
+from framework.core.registry import KINDS, Component
+from framework.core.settings import ObjectiveSettings, Settings
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
-from framework.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
-from framework.registry import KINDS, Component
-from framework.settings import ObjectiveSettings, Settings
-from framework.tracking import one_line
 
 log = logging.getLogger(__name__)
-
-
-class DivergenceError(ArithmeticError):
-    """The loss or the gradient became NaN or infinite; ``str()`` is one line."""
-
-    def __init__(self, step: int, loss: float, norm: float) -> None:
-        super().__init__(
-            f"training diverged at step {step}: loss={loss:.6g}, gradient norm={norm:.6g}; "
-            "try gradient clipping (train.clip_norm=1.0) or a smaller learning rate or step size"
-        )
-
-
-class IncompatibleError(ValueError):
-    """The chosen components do not fit together (e.g. a loss for class indices on counts)."""
 
 
 class StepBoundaryInterrupt:
@@ -301,7 +286,7 @@ def restore(run: Run, saved: checkpoint.Checkpoint, origin: str) -> None:
     try:
         run.streams.restore(saved.streams)
     except ValueError as error:
-        raise checkpoint.CheckpointError(f"the checkpoint {origin} does not fit this run: {error}") from None
+        raise CheckpointError(f"the checkpoint {origin} does not fit this run: {error}") from None
     checkpoint.load_params(params, saved.params, origin)
     checkpoint.restore_optimizer(run.optimizer, saved.optimizer)
     if saved.task_state:
@@ -316,8 +301,10 @@ def execute(
     launch_dir: Path | None = None,
     pm: plugins.PluginManager | None = None,
     output_dir: Path | None = None,
+    saved: tuple[checkpoint.Checkpoint, str] | None = None,
 ) -> float:
-    """Build (or resume), train and report one run; returns its objective metric (see :func:`objective`).
+    """Build, train and report one run, continuing from the checkpoint ``saved`` (and where it is from) if given;
+    returns its objective metric (see :func:`objective`).
 
     Every run that starts ends through ``framework_run_ended`` with FINISHED,
     FAILED (an exception, a divergence) or KILLED (Ctrl-C, after a last
@@ -330,32 +317,10 @@ def execute(
     with contextlib.ExitStack() as scratch:
         if output_dir is None:  # a run from Python: its checkpoints go to a folder of its own, removed after it
             output_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="framework-run-")))
-        saved = None
-        if config.get("resume"):
-            config, saved, origin = resumable(config, overrides, launch_dir, output_dir)
         run = build(config, pm, overrides, launch_dir, output_dir)
         if saved is not None:
-            restore(run, saved, origin)
+            restore(run, *saved)
         return train_and_report(run, pm.hook)
-
-
-def resumable(
-    config: dict[str, Any], overrides: Sequence[str], launch_dir: Path, into: Path
-) -> tuple[dict[str, Any], checkpoint.Checkpoint, str]:
-    """The config and last checkpoint of the run named by ``resume``, fetched from its tracking store."""
-    run_id = config["resume"]
-    extra = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "tracking.uri")]
-    if extra:
-        accepted = f"a run id given alone: the run continues with its own config (remove {' '.join(extra)})"
-        raise ConfigError("resume", run_id, accepted)
-    if not config["tracking"]["enabled"]:
-        raise ConfigError("tracking.enabled", False, "true with resume=<run id>: the run is in the tracking store")
-    from framework.tracking import fetch_run
-
-    original, path = fetch_run(config["tracking"]["uri"], launch_dir, run_id, into)
-    original["resume"] = run_id
-    original["tracking"]["uri"] = config["tracking"]["uri"]
-    return original, checkpoint.load(path), f"of run {run_id}"
 
 
 def train_and_report(run: Run, hook: Any) -> float:

@@ -1,0 +1,1 @@
+"""Recording runs and sweeps in MLflow, through its public API only."""
