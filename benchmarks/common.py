@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from framework.tracking.recorder_process import FOLDER_ENV, IDLE_ENV
-
 PROG = f"benchmarks/{Path(sys.argv[0]).name}"  # the script being run, for its messages
 
 
@@ -58,16 +56,9 @@ def gist(text: str) -> str:
     return lines[0] if lines else "(no output)"
 
 
-RECORDER_SETTINGS = (FOLDER_ENV, IDLE_ENV)  # where the recorder servers live, how long they wait: kept, not the runs'
-
-
 def clean_env() -> dict[str, str]:
-    """This environment without MLFLOW_*, FRAMEWORK_* (but :data:`RECORDER_SETTINGS`) and HYDRA_* variables."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k in RECORDER_SETTINGS or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
-    }
+    """This environment without MLFLOW_*, FRAMEWORK_* and HYDRA_* variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))}
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -2,10 +2,11 @@
 
 import sys
 
-from framework.tracking.recorder_process import prewarm
+from framework.cli.subcommands import SUBCOMMANDS
+from framework.tracking.connection import prewarm
 
 if __name__ == "__main__":
-    prewarm(sys.argv[1:])  # MLflow loads in the tracking worker while the rest of the command starts
+    prewarm(sys.argv[1:], SUBCOMMANDS)  # MLflow loads in the recording process while the command starts
     from framework.cli.main import main
 
     main()

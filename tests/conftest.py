@@ -17,22 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from framework.tracking.recorder_process import FOLDER_ENV, IDLE_ENV
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-RECORDER_IDLE = "120"  # seconds a recorder server the tests start waits for the next run: none lingers long after
-
-
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: no tracking URI or plugin settings leaking in; the recorder servers
-    it starts exit :data:`RECORDER_IDLE` seconds after their last run, or when their folder
-    (``$FRAMEWORK_RECORDER_DIR``, kept: CI points it into the folder it deletes at the end) is deleted."""
-    env = {
-        k: v for k, v in os.environ.items() if k == FOLDER_ENV or not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))
-    }
-    env[IDLE_ENV] = RECORDER_IDLE
+    """The environment of a CLI subprocess: no tracking URI or plugin settings leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRAMEWORK_", "HYDRA_"))}
     env.update(extra)
     return env
 
@@ -191,6 +181,28 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+def our_processes(mark: str) -> set[int]:
+    """The live processes whose environment has ``TEST_PROCESS_MARK=<mark>``: every process a marked command started."""
+    wanted = f"TEST_PROCESS_MARK={mark}".encode()
+    found = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            marked = wanted in environ.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marked and alive(int(environ.parent.name)):
+            found.add(int(environ.parent.name))
+    return found
+
+
+def wait_until_gone(mark: str, seconds: float = 30) -> None:
+    """Assert that every process of a marked command has exited within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while left := our_processes(mark):
+        assert time.monotonic() < deadline, f"still running {seconds:g} s after the command: {sorted(left)}"
+        time.sleep(0.1)
 
 
 def alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from framework.core import checkpoint, engine, plugins
 from framework.core.errors import CheckpointError
 from framework.core.hookspecs import hookimpl
 from framework.tracking.recorder import ABANDONED
-from framework.tracking.tracker import CHECKPOINT
+from framework.tracking.resume import CHECKPOINT
 
 # -- the file --------------------------------------------------------------------
 
@@ -237,7 +237,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
 ):
     """The signal comes from the run's own process (a plugin sends it at a given step), so that it always lands
     where the test says, however fast or loaded the machine."""
-    args = ("task=adder", "train.steps=6000", "train.checkpoint_every=500", "model.log=false")
+    args = ("task=adder", "train.steps=6000", "train.checkpoint_every=500", "model.log=false", "tracking.log_every=1")
     env = install_plugin("signal_at", SIGNAL_AT)
     whole = start(tmp_path, *args, "tracking.run_name=whole", env=env)
     cut = start(
@@ -257,7 +257,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
         assert one_line(err) == "framework: error: interrupted; the run is recorded as KILLED"
     else:
         assert cut.returncode == -signal.SIGKILL
-        # the tracking worker outlives the training process and closes the run
+        # the recording process outlives the training process and closes the run
         assert killed.data.tags["error"] == ABANDONED.format(run_id=killed.info.run_id)
 
     result = cli(f"resume={killed.info.run_id}")  # the plugin is not installed: it is not part of the run

@@ -123,7 +123,7 @@ def test_plugin_optimizer_is_listed_with_its_plugin_and_version(cli, install_plu
 def test_plugin_optimizer_is_selectable_and_really_runs(cli, install_plugin, default_store):
     env = install_plugin("signdescent", SIGN_DESCENT)
     lr, steps = 0.0625, 6  # not the default lr: the command line reaches the optimizer
-    result = cli("optim=myopt", f"optim.lr={lr}", f"train.steps={steps}", env=env)
+    result = cli("optim=myopt", f"optim.lr={lr}", f"train.steps={steps}", "tracking.log_every=1", env=env)
     assert result.returncode == 0, result.stderr
 
     (run,) = runs_of(default_store, "counting")
@@ -153,7 +153,7 @@ def test_plugin_optimizer_options_are_validated(cli, install_plugin, tmp_path):
 
 def test_plugin_failing_to_import_is_reported_once_and_skipped(cli, install_plugin, default_store):
     env = install_plugin("brokenplugin", BROKEN)
-    result = cli("train.steps=5", env=env)
+    result = cli("train.steps=5", "tracking.log_every=1", env=env)
     assert result.returncode == 0, result.stderr
     line = one_line(result.stderr)
     assert line.startswith("framework: warning: ")

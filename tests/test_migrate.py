@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import clean_env, one_line, runs_of
 from mlflow import MlflowClient
 
-from framework.tracking.tracker import PARENT_TAG
+from framework.tracking.store import PARENT_TAG
 
 MIGRATED_TAG = "framework.migrated_from"
 REMAPPED_TAGS = {PARENT_TAG, "best_run_id", MIGRATED_TAG}  # tags naming a run id: different in the copy

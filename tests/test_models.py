@@ -25,7 +25,7 @@ from framework.core import engine, plugins
 from framework.core.errors import CheckpointError
 from framework.tracking.model_files import export
 from framework.tracking.models import load_params, log_model
-from framework.tracking.tracker import connect
+from framework.tracking.store import connect
 
 PREDICT = """
 import json, sys
@@ -223,7 +223,9 @@ def test_logging_to_a_run_leaves_mlflow_as_it_was(compose, default_store, monkey
     _, experiment = connect(default_store.tracking_uri, "adder")  # its artifacts beside the store, as a run's
     run_id = default_store.create_run(experiment).info.run_id
 
-    model_id = log_model(default_store, run_id, export(run.task, run.info.config, tmp_path / "files"), "adder")
+    model_id = log_model(
+        default_store, run_id, export(run.task, run.info.config, run.info.data_files, tmp_path / "files"), "adder"
+    )
 
     assert mlflow.active_run() is None and mlflow.get_tracking_uri() == before
     assert not elsewhere.exists()  # the global tracking URI was never used

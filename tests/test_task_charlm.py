@@ -176,7 +176,7 @@ def test_it_trains_with_an_lstm_and_minibatches(compose):
 
 
 def test_a_short_run_through_the_cli(cli, default_store):
-    result = cli("task=charlm", "train.steps=300", "train.eval_every=100")
+    result = cli("task=charlm", "train.steps=300", "train.eval_every=100", "tracking.log_every=1")
     assert result.returncode == 0, result.stderr
     (run,) = runs_of(default_store, "charlm")
     assert run.info.status == "FINISHED"

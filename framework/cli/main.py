@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -25,12 +26,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from framework.cli import commandline
+from framework.cli import commandline, host
 from framework.cli.subcommands import LISTINGS, TOOLS
 from framework.core import engine, plugins
 from framework.core.composition import describe
 from framework.core.errors import FrameworkError, PluginError, described, fail, one_line, print_error
-from framework.tracking.tracker import RecordingContinues, resumable
+from framework.tracking.resume import resumable
+from framework.tracking.store import where_to_look
+
+log = logging.getLogger("framework")
 
 
 class JobFailedError(CompactHydraException):
@@ -52,22 +56,25 @@ def fail_job(message: object, code: int) -> NoReturn:
 def run(cfg: DictConfig) -> float:
     """One Hydra job: build, train and record one run; returns its objective for sweepers."""
     hydra_config = HydraConfig.get()
-    if hydra_config.mode == RunMode.MULTIRUN and cfg.tracking.run_name is None:
-        cfg.tracking.run_name = hydra_config.job.override_dirname or f"job {hydra_config.job.num}"
     try:
         overrides = OmegaConf.to_container(hydra_config.overrides.task)  # as given: ${...} unresolved
         config = OmegaConf.to_container(cfg, resolve=True)
         launch_dir, output_dir = Path(hydra_config.runtime.cwd), Path(hydra_config.runtime.output_dir)
-        saved = None
+        resume_from = None
         if config.get("resume"):
-            config, saved = resumable(config, overrides, launch_dir, output_dir)
-        return engine.execute(config, overrides, launch_dir, output_dir=output_dir, saved=saved)
+            config, path = resumable(config, overrides, launch_dir, output_dir)
+            resume_from = (path, f"of run {config['resume']}")
+        outcome = engine.execute(config, overrides, launch_dir, host.manager(), output_dir, resume_from)
+        links = outcome.info.links
+        if "mlflow_run_id" in links:
+            log.info("to look at the run %r (%s):", outcome.info.run_name, links["mlflow_run_id"])
+            for line in where_to_look(links["mlflow_uri"], links["mlflow_experiment_id"], links["mlflow_run_id"]):
+                log.info("  %s", line)
+        return outcome.objective
     except FrameworkError as error:
         fail_job(error, error.exit_code)
     except (InterpolationResolutionError, MissingMandatoryValue) as error:
         fail_job(f"{error.full_key}: cannot be resolved: {one_line(error)}", 2)
-    except RecordingContinues as interruption:
-        fail(interruption, 130)
     except KeyboardInterrupt:
         fail("interrupted; the run is recorded as KILLED", 130)
     except Exception as error:  # a plugin's or the framework's: one line, the traceback in the job's folder
@@ -114,7 +121,7 @@ def main() -> None:
     if sys.argv[1:2] and sys.argv[1] in TOOLS:  # they need no plugins
         raise SystemExit(importlib.import_module(f"framework.tracking.{sys.argv[1]}").main(sys.argv[2:]))
     try:
-        pm = plugins.manager()
+        pm = host.manager()
     except PluginError as error:
         fail(error, 2)
     if sys.argv[1:2] and sys.argv[1] in LISTINGS:

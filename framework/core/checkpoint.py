@@ -32,6 +32,10 @@ import numpy as np
 from framework.core.errors import CheckpointError
 
 FORMAT = "framework-checkpoint-1"
+NPY_HEADER = 4096  # bytes of an .npy file besides its data, at most
+OPTIMIZER_COPIES = 8  # a checkpoint holds the parameters and up to this many arrays like them (Adam: m, v, v_max)
+HISTORY_KEYS = 64  # per-step metrics a checkpoint's history may hold
+SLACK_BYTES = 64 * 2**20  # the carried state, the random streams and the task's own state
 
 
 @dataclass
@@ -117,8 +121,39 @@ def save(path: Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
-def load(path: Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save`; anything else is refused in one line."""
+def check_sizes(path: Path, params: Mapping[str, np.ndarray], max_step: int) -> None:
+    """Refuse, before any array is read, a checkpoint whose arrays are larger than the run's: each parameter as
+    large as the network's, and the whole file, uncompressed, within what a run of ``max_step`` steps writes (a
+    small damaged or forged file could otherwise ask for gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            sizes = {info.filename.removesuffix(".npy"): info.file_size for info in archive.infolist()}
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except (OSError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or damaged): {error}") from None
+    params_bytes = sum(array.nbytes for array in params.values())
+    for name, array in params.items():
+        if sizes.get(f"params/{name}", 0) > array.nbytes + NPY_HEADER:
+            raise CheckpointError(
+                f"{path}: parameter {name!r} takes {sizes[f'params/{name}']} bytes, the network's {array.nbytes}"
+            )
+    limit = OPTIMIZER_COPIES * params_bytes + HISTORY_KEYS * 8 * (max_step + 1) + SLACK_BYTES
+    if sum(sizes.values()) > limit:
+        raise CheckpointError(
+            f"{path} holds {sum(sizes.values()) / 2**20:.0f} MiB uncompressed, more than a checkpoint of this run "
+            f"({limit / 2**20:.0f} MiB at most): it is damaged or of another run"
+        )
+
+
+def load(path: Path, params: Mapping[str, np.ndarray] | None = None, max_step: int | None = None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save`; anything else is refused in one line.
+
+    With the network's ``params`` and the run's ``max_step`` (train.steps), it is validated against the run before
+    anything is read or allocated (:func:`check_sizes`), and its step must lie in [0, max_step].
+    """
+    if params is not None and max_step is not None:
+        check_sizes(path, params, max_step)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
@@ -129,6 +164,10 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or damaged): {error}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this framework (format {meta.get('format')!r})")
+    step = meta.get("step")
+    if not isinstance(step, int) or step < 0 or (max_step is not None and step > max_step):
+        bound = "" if max_step is None else f" <= train.steps = {max_step}"
+        raise CheckpointError(f"{path}: its step {step!r} is not an integer >= 0{bound}")
 
     def group(prefix: str) -> dict[str, np.ndarray]:
         return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}

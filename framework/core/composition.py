@@ -10,7 +10,9 @@ configuration error. The command line and the Python API both go through it.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from collections.abc import Sequence
 from importlib import resources
 
@@ -18,10 +20,21 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework.core.errors import CommandLineError, ConfigError, UnknownKeyError, one_line
 from framework.core.registry import KINDS, Registry
+
+
+def unique() -> str:
+    """A name no other process uses now: this process's id and 16 random bits (``${framework_unique:}``, cached per
+    config: a run's output folder and a sweep's, ``outputs/<date>/<time>_<unique>`` (conf/config.yaml), so that
+    runs and sweeps started in the same second never share one)."""
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
+OmegaConf.register_new_resolver("framework_unique", unique, use_cache=True, replace=True)
 
 # Hydra's messages for these mistakes name the override only in their text
 AMBIGUOUS = re.compile(r"Ambiguous value for argument '(?P<override>.*)'")
@@ -40,6 +53,15 @@ def check_overrides(overrides: Sequence[str], registry: Registry, multirun: bool
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
         raise CommandLineError(describe(error)) from None
+    given: dict[str, str] = {}
+    for override in parsed:
+        key = override.get_key_element()
+        if key in given:
+            raise CommandLineError(
+                f"{key}: given twice ({given[key]} and {override.input_line}); give it once "
+                "(several values sweep with --multirun: key=a,b)"
+            )
+        given[key] = override.input_line
     groups = config_groups()
     for override in parsed:
         check_choice(override, registry, groups, multirun)

@@ -27,9 +27,14 @@ def param(
     lt: float | None = None,
     le: float | None = None,
     choices: tuple[str, ...] | None = None,
+    file: bool = False,
 ) -> Any:
-    """A documented dataclass field with optional bounds or a set of choices."""
-    bounds = {"gt": gt, "ge": ge, "lt": lt, "le": le, "choices": choices}
+    """A documented dataclass field with optional bounds or a set of choices.
+
+    ``file``: the value is the path of a data file, relative to the launch directory; the engine checks it
+    (a regular file of bounded size) and a logged model carries a copy of it.
+    """
+    bounds = {"gt": gt, "ge": ge, "lt": lt, "le": le, "choices": choices, "file": file or None}
     meta = {"doc": doc, **{k: v for k, v in bounds.items() if v is not None}}
     return dataclasses.field(default=default, metadata=meta)
 
@@ -46,6 +51,8 @@ def describe(field: dataclasses.Field, kind: Any) -> str:
         return "one of: " + ", ".join(meta["choices"])
     base, optional = _unwrap_optional(kind)
     noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[base]
+    if meta.get("file"):
+        noun = "the path of a file"
     lo = [f"> {meta['gt']}"] if "gt" in meta else [f">= {meta['ge']}"] if "ge" in meta else []
     hi = [f"< {meta['lt']}"] if "lt" in meta else [f"<= {meta['le']}"] if "le" in meta else []
     text = f"{noun} {' and '.join(lo + hi)}" if lo or hi else noun

@@ -1,12 +1,52 @@
-"""Datasets held in memory as arrays."""
+"""Data: datasets held in memory as arrays, and the checks of the data files a run reads.
+
+A data file is read whole into memory, so it must be a regular file (a FIFO or ``/dev/zero`` would
+hang or fill the memory) of at most :data:`MAX_FILE_BYTES`; both are checked before it is opened.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
+from framework.core.errors import ConfigError
 from framework.core.protocols import Batch
+
+MAX_FILE_BYTES = 64 * 2**20  # a data file is read whole: 64 MiB of text is far beyond any tutorial's
+
+
+def check_data_file(key: str, value: str, launch_dir: Path) -> Path:
+    """The absolute path of the data file ``value`` of option ``key`` (relative to ``launch_dir``), once it is known
+    to be a regular file of at most :data:`MAX_FILE_BYTES`; else :class:`ConfigError` in one line."""
+    path = (launch_dir / value).resolve()
+    try:
+        status = path.stat()
+    except OSError as error:
+        raise ConfigError(key, value, f"the path of a readable file ({error.strerror}: {path})") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(key, value, f"the path of a regular file ({path} is not one: a folder, FIFO or device)")
+    if status.st_size > MAX_FILE_BYTES:
+        raise ConfigError(
+            key, value, f"a file of at most {MAX_FILE_BYTES // 2**20} MiB ({path} has {status.st_size / 2**20:.0f} MiB)"
+        )
+    if not os.access(path, os.R_OK):
+        raise ConfigError(key, value, f"the path of a readable file (permission denied: {path})")
+    return path
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation: MemAvailable of /proc/meminfo, else the physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class ArrayDataset:

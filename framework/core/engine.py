@@ -8,12 +8,14 @@ forward over time -> loss -> backward through time -> clip -> optimizer step
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +26,20 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from framework.core import checkpoint, plugins, seeding
+from framework.core import checkpoint, plugins, seeding, verdict
 from framework.core.allocator import keep_freed_memory
 from framework.core.config import build as build_config
+from framework.core.data import available_memory, check_data_file
 from framework.core.diagnostics import FlowRecorder
-from framework.core.errors import CheckpointError, ConfigError, DivergenceError, IncompatibleError, one_line
+from framework.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DivergenceError,
+    ExitCalledError,
+    FrameworkError,
+    IncompatibleError,
+    one_line,
+)
 from framework.core.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
 from framework.core.registry import KINDS, Component
 from framework.core.settings import ObjectiveSettings, Settings
@@ -96,10 +107,23 @@ class Run:
     optimizer: Optimizer
     batches: Iterator[Batch]  # the dataset's stream of training batches
     streams: seeding.RandomStreams  # every random stream of the run, for checkpoints
+    follow: verdict.Tracker  # when the evaluations reached the task's reference result
+    advice: str  # what to try if the run does not reach it
     step: int = 0  # optimizer updates done
     state: Any = None  # the hidden state carried into the next batch
     history: History = field(default_factory=History)
     checkpointed: int | None = None  # the step of the last checkpoint written
+
+
+@dataclass
+class Outcome:
+    """A finished run: its final evaluation, every per-step metric, its verdict and its objective."""
+
+    info: RunInfo
+    final: Evaluation
+    history: dict[str, list[float]]
+    verdict: verdict.Verdict
+    objective: float
 
 
 def choose(pm: plugins.PluginManager, kind: str, config: Mapping[str, Any]) -> tuple[Component, Any]:
@@ -110,6 +134,18 @@ def choose(pm: plugins.PluginManager, kind: str, config: Mapping[str, Any]) -> t
         raise ConfigError(kind, node, f"one of: {names} (e.g. {kind}=<name>)")
     component = pm.registry.get(kind, node["name"])
     return component, build_config(component.config_class, node, prefix=kind, ignore=("name",))
+
+
+def locate_data_files(kind: str, options: Any, launch_dir: Path) -> tuple[Any, dict[str, Path]]:
+    """The options with every data file they name (``param(file=True)``) checked and made absolute, and those files
+    by option key (see :func:`framework.core.data.check_data_file`)."""
+    found = {}
+    for option in dataclasses.fields(options):
+        value = getattr(options, option.name)
+        if option.metadata.get("file") and value is not None:
+            found[option.name] = check_data_file(f"{kind}.{option.name}", value, launch_dir)
+    located = dataclasses.replace(options, **{name: str(path) for name, path in found.items()})
+    return located, {f"{kind}.{name}": path for name, path in found.items()}
 
 
 def build(
@@ -126,7 +162,13 @@ def build(
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     settings: Settings = build_config(Settings, config, ignore=KINDS)
     keep_freed_memory()  # every step reuses the previous step's arrays instead of faulting in fresh pages
-    chosen = {kind: choose(pm, kind, config) for kind in KINDS}
+    launch_dir = launch_dir or Path.cwd()
+    chosen, data_files = {}, {}
+    for kind in KINDS:
+        component, options = choose(pm, kind, config)
+        options, files = locate_data_files(kind, options, launch_dir)
+        chosen[kind] = (component, options)
+        data_files.update(files)
     rng = seeding.RandomStreams(settings.seed)
     dtype = np.dtype(settings.dtype)
 
@@ -150,21 +192,31 @@ def build(
         config=config,
         overrides=list(overrides),
         steps=settings.train.steps,
-        run_name=settings.tracking.run_name,
-        launch_dir=launch_dir or Path.cwd(),
+        run_name=settings.tracking.run_name or verdict.run_name(task_name, overrides),
+        launch_dir=launch_dir,
         output_dir=output_dir,
         resume=settings.resume,
+        data_files=data_files,
     )
     task = component("task", parts)
     info.objective, info.maximize = objective(settings.objective, task)
     probe(task, dataset, settings, chosen, rng)
     batches = dataset.batches(settings.train.batch_size, rng("batches"))
-    return Run(info, settings, task, dataset, component("optim"), batches, rng)
+    names = {kind: component.name for kind, (component, _) in chosen.items()}
+    advice = verdict.advise(chosen["task"][0], names, overrides, pm.registry)
+    follow = verdict.Tracker(verdict.reference_of(task))
+    return Run(info, settings, task, dataset, component("optim"), batches, rng, follow, advice)
 
 
 def objective(settings: ObjectiveSettings, task: Task) -> tuple[str, bool]:
-    """The final metric a run returns to sweepers and whether higher is better: the task's, unless configured."""
+    """The final metric a run returns to sweepers and whether higher is better: the task's, unless configured.
+
+    A task that names its final metrics (``Task.metrics``) has a configured one checked before training.
+    """
     metric = settings.metric or task.objective
+    reported = getattr(task, "metrics", None)
+    if reported is not None and metric not in reported:
+        raise ConfigError("objective.metric", metric, "a final metric of the task: " + ", ".join(reported))
     if settings.direction is not None:
         return metric, settings.direction == "maximize"
     if metric != task.objective:
@@ -180,12 +232,32 @@ def objective_value(run: RunInfo, final: Evaluation) -> float:
 
 
 def probe(task: Task, dataset: Dataset, settings: Settings, chosen: Mapping[str, Any], rng: Any) -> None:
-    """One forward and backward pass before anything is recorded, so that components
-    that do not fit together are refused in one line.
+    """One forward and backward pass before anything is recorded, so that components that do not fit together, and a
+    step that needs more memory than there is, are refused in one line.
 
-    The batch comes from a separate copy of the batch stream: training is unchanged.
+    The step's memory is measured (tracemalloc, which sees numpy's arrays) on the first sequence of the first batch
+    and scaled to the batch; the batch comes from a separate copy of the batch stream: training is unchanged.
     """
     batch = next(dataset.batches(settings.train.batch_size, rng("batches")))
+    rows = len(batch.inputs)
+    one = Batch(*(None if a is None else a[:1] for a in (batch.inputs, batch.targets, batch.mask)), batch.new_sequence)
+    with np.errstate(all="ignore"):
+        tracemalloc.start()
+        try:
+            task.model.loss_and_grads(one, None)
+            needed = tracemalloc.get_traced_memory()[1] * rows
+        except Exception:  # the full batch below says what does not fit
+            needed = 0
+        finally:
+            tracemalloc.stop()
+    available = available_memory()
+    if needed > available:
+        raise ConfigError(
+            "train.batch_size",
+            settings.train.batch_size,
+            f"a batch whose training step fits in memory: {rows} sequences need about {needed / 2**30:.1f} GiB, "
+            f"{available / 2**30:.1f} GiB are available",
+        )
     try:
         with np.errstate(all="ignore"):
             task.model.loss_and_grads(batch, None)
@@ -210,6 +282,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     """
     settings, model = run.settings.train, run.task.model
     flow = FlowRecorder(run.settings.diagnostics.every, run.info.task)
+    started = time.perf_counter()
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while run.step < settings.steps:
@@ -236,6 +309,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
             run.step = done = step + 1
             if settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
                 evaluation = run.task.evaluate(done, run.history.values, final=False)
+                run.follow.evaluated(done, evaluation.metrics, time.perf_counter() - started)
                 if evaluation.stop:  # the final evaluation below reports this step
                     log.info("%s: the task asked to stop after %d steps", run.info.task, done)
                     break
@@ -245,6 +319,9 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
             if interrupt is not None:
                 interrupt.check()
     final = run.task.evaluate(run.step, run.history.values, final=True)
+    run.follow.evaluated(run.step, final.metrics, time.perf_counter() - started)
+    run.info.verdict = verdict.verdict(run.follow, final.metrics, run.advice)
+    final.metrics.update(run.info.verdict.metrics())
     final.figures.update(flow.figures())
     hook.framework_evaluation(run=run.info, step=run.step, evaluation=final, final=True)
     save_checkpoint(run, hook)
@@ -301,10 +378,10 @@ def execute(
     launch_dir: Path | None = None,
     pm: plugins.PluginManager | None = None,
     output_dir: Path | None = None,
-    saved: tuple[checkpoint.Checkpoint, str] | None = None,
-) -> float:
-    """Build, train and report one run, continuing from the checkpoint ``saved`` (and where it is from) if given;
-    returns its objective metric (see :func:`objective`).
+    resume_from: tuple[Path, str] | None = None,
+) -> Outcome:
+    """Build, train and report one run, continuing from the checkpoint file ``resume_from`` (and a few words on where
+    it is from) if given, once it is validated against the run; returns its :class:`Outcome`.
 
     Every run that starts ends through ``framework_run_ended`` with FINISHED,
     FAILED (an exception, a divergence) or KILLED (Ctrl-C, after a last
@@ -318,13 +395,14 @@ def execute(
         if output_dir is None:  # a run from Python: its checkpoints go to a folder of its own, removed after it
             output_dir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="framework-run-")))
         run = build(config, pm, overrides, launch_dir, output_dir)
-        if saved is not None:
-            restore(run, *saved)
+        if resume_from is not None:
+            path, origin = resume_from
+            restore(run, checkpoint.load(path, run.task.model.params, run.settings.train.steps), origin)
         return train_and_report(run, pm.hook)
 
 
-def train_and_report(run: Run, hook: Any) -> float:
-    """Train ``run`` between its start and end events; returns its objective."""
+def train_and_report(run: Run, hook: Any) -> Outcome:
+    """Train ``run`` between its start and end events; returns its outcome."""
     status, error = "FAILED", None
     started = time.perf_counter()
     try:
@@ -341,10 +419,14 @@ def train_and_report(run: Run, hook: Any) -> float:
             save_checkpoint(run, hook)
         raise
     except Exception as exc:
-        error = str(exc) if isinstance(exc, DivergenceError) else f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, FrameworkError) else f"{type(exc).__name__}: {exc}"
         raise
+    except SystemExit as exc:  # sys.exit() in a plugin's code: a failure, not a quiet end of the program
+        error = f"sys.exit({exc.code!r}) was called during the run"
+        raise ExitCalledError(error) from exc
     finally:
         hook.framework_run_ended(run=run.info, status=status, error=error)
     summary = " ".join(f"{k}={v:.6g}" for k, v in final.metrics.items())
-    log.info("%s finished in %.2f s: %s", run.info.task, time.perf_counter() - started, summary)
-    return value
+    log.info("%s finished in %.2f s: %s", run.info.run_name, time.perf_counter() - started, summary)
+    log.info("%s", run.info.verdict.line())
+    return Outcome(run.info, final, dict(run.history.values), run.info.verdict, value)

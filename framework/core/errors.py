@@ -59,6 +59,10 @@ class PluginError(FrameworkError):
     exit_code = 2
 
 
+class PluginConflictError(PluginError):
+    """Two plugins register a component of the same kind and name: always fatal."""
+
+
 class IncompatibleError(FrameworkError, ValueError):
     """The chosen components do not fit together (e.g. a loss for class indices on counts)."""
 
@@ -83,6 +87,11 @@ class DivergenceError(FrameworkError, ArithmeticError):
 
 class TrackingError(FrameworkError, RuntimeError):
     """The tracking store cannot be used, or recording failed; the line names the store."""
+
+
+class ExitCalledError(RuntimeError):
+    """``sys.exit()`` was called by code a run called (a plugin's): a failure of the run, not a quiet end of the
+    program; its ``__cause__`` is the SystemExit, whose traceback says where."""
 
 
 def one_line(error: BaseException) -> str:

@@ -22,6 +22,7 @@ import os
 import sys
 import traceback
 from types import ModuleType
+from typing import Any
 
 import pluggy
 from hydra.core.config_store import ConfigStore
@@ -29,7 +30,7 @@ from hydra.core.config_store import ConfigStore
 from framework import __version__
 from framework.core import hookspecs
 from framework.core.config import defaults
-from framework.core.errors import PluginError, described
+from framework.core.errors import PluginConflictError, PluginError, described, one_line
 from framework.core.registry import Registry
 from framework.core.settings import Settings
 
@@ -37,15 +38,10 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 ONLY_ENV = "FRAMEWORK_PLUGINS"
 STRICT_ENV = "FRAMEWORK_STRICT_PLUGINS"
 
-# The host is built of plugins too: registered exactly like installed ones.
-# "module" registers the module's hook functions, "module:attr" that object's.
-DEFAULT_PLUGINS = (
-    "framework.nn.cells",
-    "framework.nn.losses",
-    "framework.nn.optimizers",
-    "framework.tracking.tracker:tracker",
-    "framework.cli.progress:progress",
-)
+# The host is built of plugins too: registered exactly like installed ones. The observers of runs
+# (tracking, the progress bar) belong to the layers above and are added by them (framework.cli.host).
+DEFAULT_PLUGINS = ("framework.nn.cells", "framework.nn.losses", "framework.nn.optimizers")
+BUILTIN = "framework."  # the prefix of every built-in plugin's name: the framework's own code
 
 REGISTRATION_HOOKS = {
     "task": "framework_register_tasks",
@@ -67,16 +63,24 @@ class PluginManager(pluggy.PluginManager):
     def add(self, plugin: object, name: str, version: str = __version__) -> None:
         """Register ``plugin`` under ``name`` and collect the components it registers.
 
-        A conflict (a duplicate name) raises :class:`PluginError` and leaves the
-        manager as it was.
+        A hook that does not match its spec, a registration hook that raises (or calls ``sys.exit``) and a conflict
+        (a duplicate name) raise :class:`PluginError` in one line naming the plugin, and leave the manager as it was.
         """
-        self.register(plugin, name=name)
+        try:
+            self.register(plugin, name=name)
+        except pluggy.PluginValidationError as error:
+            raise PluginError(f"plugin {name!r} does not fit the framework's hooks: {one_line(error)}") from None
         try:
             for kind, hook_name in REGISTRATION_HOOKS.items():
                 for impl in getattr(self.hook, hook_name).get_hookimpls():
                     if impl.plugin is plugin:
-                        impl.function(register=self.registry.registrar(kind, name, version))
-        except Exception:
+                        try:
+                            impl.function(register=self.registry.registrar(kind, name, version))
+                        except PluginError:
+                            raise
+                        except (Exception, SystemExit) as error:
+                            raise PluginError(f"plugin {name!r} failed in {hook_name}: {described(error)}") from None
+        except PluginError:
             self.remove(name)
             raise
 
@@ -95,14 +99,17 @@ class PluginManager(pluggy.PluginManager):
         modules = {
             plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__: name
             for name, plugin in self.list_name_plugin()
-            if name not in DEFAULT_PLUGINS
+            if not name.startswith(BUILTIN)
         }
 
         def owner(module: str) -> str | None:
             return next((name for m, name in modules.items() if module == m or module.startswith(m + ".")), None)
 
-        tb = traceback.walk_tb(error.__traceback__)
-        named = [(plugin, frame) for frame, _ in tb if (plugin := owner(frame.f_globals.get("__name__", "")))]
+        named: list[tuple[str, Any]] = []
+        while error is not None and not named:  # the error, else its cause (sys.exit's SystemExit)
+            frames = traceback.walk_tb(error.__traceback__)
+            named = [(plugin, frame) for frame, _ in frames if (plugin := owner(frame.f_globals.get("__name__", "")))]
+            error = error.__cause__
         if not named:
             return None
         plugin = named[-1][0]
@@ -119,14 +126,24 @@ def load_entry_points(pm: PluginManager, strict: bool, only: set[str] | None) ->
         version = dist.version if dist else "unknown"
         try:
             plugin = entry_point.load()
-        except Exception as error:  # a broken plugin must not take the host down
-            message = f"plugin {entry_point.name!r} ({entry_point.value}) failed to import: {described(error)}"
-            if strict:
-                raise PluginError(message) from None
-            print(f"framework: warning: {message}; skipped (set {STRICT_ENV}=1 to make this fatal)", file=sys.stderr)
+        except (Exception, SystemExit) as error:  # a broken plugin must not take the host down
+            skip(f"plugin {entry_point.name!r} ({entry_point.value}) failed to import: {described(error)}", strict)
             continue
-        if not pm.is_registered(plugin):
+        if pm.is_registered(plugin):
+            continue
+        try:
             pm.add(plugin, entry_point.name, version)
+        except PluginConflictError:
+            raise
+        except PluginError as error:
+            skip(str(error), strict)
+
+
+def skip(message: str, strict: bool) -> None:
+    """A plugin that cannot be loaded: fatal when ``strict``, else a warning line and the plugin skipped."""
+    if strict:
+        raise PluginError(message)
+    print(f"framework: warning: {message}; skipped (set {STRICT_ENV}=1 to make this fatal)", file=sys.stderr)
 
 
 def create_manager() -> PluginManager:
@@ -143,7 +160,10 @@ def create_manager() -> PluginManager:
         pm.add(getattr(module, attribute) if attribute else module, spec)
     only_env = os.environ.get(ONLY_ENV)
     only = None if only_env is None else {n.strip() for n in only_env.split(",") if n.strip()}
-    load_entry_points(pm, strict=os.environ.get(STRICT_ENV, "") not in ("", "0"), only=only)
+    strict = os.environ.get(STRICT_ENV, "") not in ("", "0")
+    load_entry_points(pm, strict, only)
+    for _pairing, problem in pm.registry.check_pairings():  # each is dropped: its task and component still work
+        skip(problem, strict)
     return pm
 
 

@@ -84,6 +84,14 @@ class Evaluation:
             yield name, figure() if callable(figure) else figure
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A tutorial's result: in words (``accuracy = 1 on every pair``), and whether an evaluation's metrics reach it."""
+
+    text: str
+    reached: Callable[[Mapping[str, float]], bool]
+
+
 class Cell(Protocol):
     """A recurrent cell: h_t = cell(x_t, h_{t-1}) over a whole sequence."""
 
@@ -142,7 +150,12 @@ class Model(Protocol):
 
 
 class Task(Protocol):
-    """A tutorial: a model on a dataset, with its metrics, samples and pictures."""
+    """A tutorial: a model on a dataset, with its metrics, samples and pictures.
+
+    Optional attributes: ``metrics``, the names of its final evaluation's metrics (a configured objective is then
+    checked before training); ``reference``, the tutorial's result (:class:`Reference`), which every run's end
+    says whether it reached (framework.core.verdict).
+    """
 
     model: Model
     objective: str  # the metric a sweeper optimises
@@ -188,6 +201,8 @@ class RunInfo:
     launch_dir: Path = field(default_factory=Path.cwd)  # where the user ran the command
     output_dir: Path | None = None  # the run's own folder, for checkpoints/ (None: none are written)
     resume: str | None = None  # the id of the tracked run this one continues
+    data_files: dict[str, Path] = field(default_factory=dict)  # option key -> the data file it names (absolute)
+    verdict: Any = None  # whether it reached the task's result (framework.core.verdict.Verdict), once trained
     links: dict[str, str] = field(default_factory=dict)  # observers may add (e.g. 'mlflow_run_id')
 
 

@@ -49,7 +49,17 @@ class TrackingSettings:
     )
     experiment: str | None = param(None, doc="experiment name; null: the task's name")
     run_name: str | None = param(None, doc="run name; null: MLflow picks one")
-    flush_every: int = param(1000, ge=1, doc="write buffered metrics after this many values")
+    log_every: int = param(
+        10,
+        ge=1,
+        doc="log the per-step metrics of every N-th step (and the last); every step's are in the run's checkpoint",
+    )
+    timeout: float = param(
+        30.0,
+        gt=0,
+        doc="seconds a run waits, after training, for its recording to finish; then it fails, and the metrics the "
+        "store did not take are in unrecorded-metrics.jsonl in the run's folder",
+    )
     figures: bool = param(
         True, doc="draw the task's figures as PNG artifacts at each evaluation (0.1-0.3 s each); false: none"
     )

@@ -1,6 +1,6 @@
 """Close the runs nobody is left to close: ``python -m framework cleanup``.
 
-A run whose training process and tracking worker were both killed (``kill -9``
+A run whose training process and recording process were both killed (``kill -9``
 of the process group, the machine losing power) stays RUNNING in MLflow. From
 the launch directory (the store is found as a run finds it)::
 
@@ -30,8 +30,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# "<host>:<pid>:<start>" of the run's tracking worker (framework.tracking.recorder), the process that closes the run
-# even when the training process is killed; this module imports nothing of the framework at its top
+# "<host>:<pid>:<start>" of the process that trains the run; its recording process (framework.tracking.recorder)
+# closes the run when it ends, however it ends. This module imports nothing of the framework at its top.
 PROCESS_TAG = "framework.process"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -94,9 +94,10 @@ def judge(run: Any, now: float, older_than: float | None) -> Verdict:
 def cleanup(uri: str, experiments: list[str], older_than: float | None, dry_run: bool) -> int:
     """Judge every RUNNING run of ``uri`` (of ``experiments``, default all); returns how many were marked FAILED."""
     from framework.core.errors import TrackingError
-    from framework.tracking.tracker import check_reachable, pages, sqlite_path
+    from framework.tracking.store import check_server, pages, quiet_mlflow, sqlite_path
 
-    check_reachable(uri)
+    quiet_mlflow()
+    check_server(uri)
     database = sqlite_path(uri)
     if database is not None and not database.is_file():
         raise TrackingError(f"no tracking store at {database}")
@@ -129,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m framework cleanup``."""
     command = argparse.ArgumentParser(
         prog="python -m framework cleanup",
-        description="Mark FAILED the RUNNING runs whose process is gone (killed with its tracking worker, "
+        description="Mark FAILED the RUNNING runs whose process is gone (killed with its recording process, "
         "or on a machine that went down).",
     )
     command.add_argument(
@@ -152,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``python -m framework cleanup ARGS...``; returns the exit code."""
     from framework.core.errors import TrackingError, described, print_error
-    from framework.tracking.tracker import resolve_uri
+    from framework.tracking.store import resolve_uri
 
     args = parser().parse_args(argv)
     uri = resolve_uri(args.uri, Path.cwd())

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,16 +32,18 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from framework.core.errors import TrackingError, described, one_line, print_error
-from framework.tracking.tracker import (
+from framework.tracking.store import (
     DATABASE,
     METRICS_PER_BATCH,
     PARAMS_PER_BATCH,
     PARENT_TAG,
+    SQLITE_MAGIC,
     STORE_DIR,
-    check_reachable,
+    check_server,
     chunks,
     connect,
     pages,
+    quiet_mlflow,
     resolve_uri,
     sqlite_path,
 )
@@ -92,13 +92,9 @@ def check_source(uri: str) -> None:
     if database is not None:
         if not database.is_file():
             raise MigrationError(f"no tracking store at {database} (source {uri})")
-        try:
-            with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as error:
-            raise MigrationError(f"cannot read the tracking store {database}: {error}") from None
-        if "runs" not in tables:
-            raise MigrationError(f"{database} is not an MLflow tracking store (it has no runs table)")
+        with database.open("rb") as handle:
+            if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                raise MigrationError(f"{database} is not an SQLite database, so no MLflow tracking store")
         return
     parts = urlsplit(uri)
     if parts.scheme in ("", "file"):
@@ -106,7 +102,7 @@ def check_source(uri: str) -> None:
         if not folder.is_dir():
             raise MigrationError(f"no tracking store at {folder} (source {uri})")
         return
-    check_reachable(uri)
+    check_server(uri)
 
 
 def source_experiments(client: Any, uri: str, names: Sequence[str]) -> list[Any]:
@@ -306,8 +302,7 @@ def main(argv: list[str]) -> int:
     launch_dir = Path.cwd()
     source = resolve_uri(args.source, launch_dir) if args.source else embedded_store(launch_dir)
     target = resolve_uri(args.to, launch_dir)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per run on stderr
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run" line per run
+    quiet_mlflow()  # no progress bar and no "View run" line per run
 
     def echo(line: str) -> None:
         print(line, flush=True)

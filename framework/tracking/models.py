@@ -40,11 +40,12 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from framework import __version__
 from framework.core import checkpoint
 from framework.core.protocols import Params, Predictor
-from framework.tracking.model_files import CONFIG, PARAMS, read_example
+from framework.tracking.model_files import CONFIG, DATA, PARAMS, read_example
 
 log = logging.getLogger(__name__)
 
 MODEL = "model"  # the model's name in its run: runs:/<run id>/model
+DATA_ARTIFACT = "data:"  # the artifact of a data file: data:<option key>
 CODE = Path(__file__).with_name("model_code.py")
 DISTRIBUTION = "rnn-tutorial-framework"  # this framework's distribution, required where a model is loaded
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -63,10 +64,15 @@ class TrainedNetwork(PythonModel):
     task: Predictor
 
     def load_context(self, context: PythonModelContext) -> None:
-        """Build the task from ``config.yaml`` by the engine (nothing is tracked) and load ``params.npz`` into it."""
+        """Build the task from ``config.yaml`` by the engine (nothing is tracked), its data files the model's own
+        copies, and load ``params.npz`` into it."""
         from framework.core import engine, plugins
 
         config = yaml.safe_load(Path(context.artifacts["config"]).read_text())
+        for name, path in context.artifacts.items():
+            if name.startswith(DATA_ARTIFACT):  # data:dataset.path -> config["dataset"]["path"]
+                kind, option = name.removeprefix(DATA_ARTIFACT).split(".", 1)
+                config[kind][option] = path
         self.task = engine.build(config, plugins.manager()).task
         load_params(self.task.model.params, Path(context.artifacts["params"]))
 
@@ -84,16 +90,6 @@ class TrainedNetwork(PythonModel):
 def requirements() -> list[str]:
     """The pip requirements of a logged model: this framework, MLflow and numpy, pinned (nothing inferred)."""
     return [f"{DISTRIBUTION}=={__version__}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-
-
-def warm_up() -> None:
-    """Do now what MLflow's first model save in a process does slowly (about 0.3 s): map every installed
-    distribution to its modules, to check the model's requirements. The tracking worker calls this while
-    the run trains; with another MLflow it does nothing."""
-    from mlflow.utils import requirements_utils
-
-    with contextlib.suppress(AttributeError):
-        requirements_utils._init_modules_to_packages_map()
 
 
 def signature_of(folder: Path) -> tuple[pd.DataFrame, ModelSignature]:
@@ -127,10 +123,11 @@ def save(files: Path, into: Path, metadata: Model) -> Path:
     """Write the pyfunc model made of the exported ``files`` (see :mod:`framework.tracking.model_files`) into
     ``into``/model and return its path; ``metadata`` goes to its MLmodel."""
     example, signature = signature_of(files)
+    data = {f"{DATA_ARTIFACT}{path.name}": str(path) for path in sorted((files / DATA).iterdir())}
     mlflow.pyfunc.save_model(
         into / MODEL,
         python_model=str(CODE),
-        artifacts={"params": str(files / PARAMS), "config": str(files / CONFIG)},
+        artifacts={"params": str(files / PARAMS), "config": str(files / CONFIG), **data},
         signature=signature,
         input_example=example,
         pip_requirements=requirements(),

@@ -41,24 +41,22 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from framework.core.composition import describe
 from framework.core.errors import (
-    CheckpointError,
     ConfigError,
-    IncompatibleError,
-    PluginError,
+    FrameworkError,
     TrackingError,
     described,
     fail,
     one_line,
 )
-from framework.tracking.tracker import (
+from framework.tracking.store import (
     DIRECTION_TAG,
     OBJECTIVE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     SWEEP_ENV,
     SWEEP_TAG,
+    VERDICT_TAG,
     connect,
-    log_table,
     pages,
     resolve_uri,
 )
@@ -144,40 +142,52 @@ def children_of(parent: Parent) -> list[Any]:
 
 
 def varying_params(children: Sequence[Any]) -> list[str]:
-    """The parameter keys whose values differ between the children, sorted (run names aside)."""
+    """The parameter keys whose values differ between the children, sorted (run names aside): what the sweep swept,
+    and what follows from it (a recipe's settings)."""
     keys = {key for child in children for key in child.data.params} - {"tracking.run_name"}
     return sorted(k for k in keys if len({child.data.params.get(k) for child in children}) > 1)
 
 
-def best_child(children: Sequence[Any]) -> tuple[Any, str] | None:
-    """The finished child with the best objective, and the objective's name.
-
-    Each child carries its objective and direction as tags; a sweep whose
-    children disagree on them (e.g. several tasks in one experiment) has no best.
-    """
+def objective_of(children: Sequence[Any]) -> tuple[str, str] | None:
+    """The objective metric and direction the finished children report; None if they disagree (several tasks)."""
     finished = [c for c in children if c.info.status == "FINISHED"]
     objectives = {(c.data.tags.get(OBJECTIVE_TAG), c.data.tags.get(DIRECTION_TAG)) for c in finished}
-    if len(objectives) != 1:
+    return next(iter(objectives)) if len(objectives) == 1 else None
+
+
+def best_children(children: Sequence[Any]) -> tuple[list[Any], str] | None:
+    """The finished children with the best objective (several when tied), ordered by run name, so that the first is
+    the same whichever finished first; and the objective's name. None without a common objective or a score."""
+    objective = objective_of(children)
+    if objective is None:
         return None
-    ((metric, direction),) = objectives
-    scored = [c for c in finished if math.isfinite(c.data.metrics.get(metric, math.nan))]
+    metric, direction = objective
+    scored = [
+        c for c in children if c.info.status == "FINISHED" and math.isfinite(c.data.metrics.get(metric, math.nan))
+    ]
     if not scored:
         return None
-    sign = -1.0 if direction == "maximize" else 1.0
-    return min(scored, key=lambda c: sign * c.data.metrics[metric]), metric
+    pick = max if direction == "maximize" else min
+    best = pick(c.data.metrics[metric] for c in scored)
+    return sorted((c for c in scored if c.data.metrics[metric] == best), key=lambda c: c.info.run_name or ""), metric
 
 
 def summary_table(children: Sequence[Any]) -> dict[str, list[Any]]:
-    """One row per child: run name and id, status, the parameters that vary, final metrics."""
-    params = varying_params(children)
-    metrics = sorted({key for child in children for key in child.data.metrics})
-    return {
+    """One row per child, its answer first: run name, the swept values, the objective and the verdict; then its status,
+    id and every other final metric. A column no job set is left out."""
+    objective = objective_of(children)
+    first = [objective[0]] if objective else []
+    metrics = first + sorted({key for child in children for key in child.data.metrics} - set(first))
+    columns = {
         "run_name": [c.info.run_name for c in children],
-        "run_id": [c.info.run_id for c in children],
+        **{key: [c.data.params.get(key) for c in children] for key in varying_params(children)},
+        **{key: [c.data.metrics.get(key) for c in children] for key in first},
+        "verdict": [c.data.tags.get(VERDICT_TAG) for c in children],
         "status": [c.info.status for c in children],
-        **{key: [c.data.params.get(key) for c in children] for key in params},
-        **{key: [c.data.metrics.get(key) for c in children] for key in metrics},
+        "run_id": [c.info.run_id for c in children],
+        **{key: [c.data.metrics.get(key) for c in children] for key in metrics[len(first) :]},
     }
+    return {key: values for key, values in columns.items() if any(value is not None for value in values)}
 
 
 def parent_status(counts: Counter, completed: bool) -> str:
@@ -293,16 +303,59 @@ def plot_figure(table: dict[str, list[Any]], plot: SweepPlot, metric: str):
     return figure
 
 
-def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot, tables: list) -> None:
-    """The plot's table and one figure per metric into the parent run (nothing without a finished child);
-    ``tables``: the run's tables so far (see :func:`framework.tracking.tracker.log_table`)."""
+def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot) -> None:
+    """The plot's table and one figure per metric into the parent run (nothing without a finished child)."""
     table = plot_table(children, plot)
     if not table[plot.x]:
         log.warning("sweep %s: no finished job records %s, so there is nothing to plot", run_id, plot.x)
         return
-    log_table(client, run_id, table, f"tables/by_{plot.name}.json", tables)
+    client.log_table(run_id, table, f"tables/by_{plot.name}.json")
     for metric in plot.metrics:
         client.log_figure(run_id, plot_figure(table, plot, metric), f"figures/{metric}_by_{plot.name}.png")
+
+
+def swept(children: Sequence[Any]) -> list[str]:
+    """The parameters a sweep's figures are drawn against: those that vary, but the seed (its spread is the band) and
+    the run names; a recipe's settings that follow a swept component are drawn too."""
+    return [key for key in varying_params(children) if key != "seed"]
+
+
+def objective_figure(children: Sequence[Any], key: str, metric: str):
+    """The objective of the finished children against the values of ``key``: per value the median over its runs (the
+    seeds, and any other swept value) and the band from the smallest to the largest."""
+    from matplotlib.figure import Figure
+
+    finished = [c for c in children if c.info.status == "FINISHED" and metric in c.data.metrics]
+    values = {c.data.params.get(key) for c in finished} - {None}
+    at = positions(values)
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    xs, median, low, high, runs = [], [], [], [], []
+    for value in ordered(values):
+        scores = [c.data.metrics[metric] for c in finished if c.data.params.get(key) == value]
+        xs.append(at[value])
+        median.append(float(np.median(scores)))
+        low.append(min(scores))
+        high.append(max(scores))
+        runs.append(len(scores))
+    (line,) = ax.plot(xs, median, "o-", label="median")
+    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0, label="min to max")
+    ax.set_xticks(xs, [str(v) for v in ordered(values)], rotation=30 if len(xs) > 6 else 0)
+    each = f"{min(runs)}" if min(runs) == max(runs) else f"{min(runs)}-{max(runs)}"
+    ax.set(xlabel=key, ylabel=metric, title=f"final {metric} by {key}: median and range over {each} runs each")
+    ax.legend()
+    return figure
+
+
+def log_objective_figures(client: Any, run_id: str, children: Sequence[Any]) -> None:
+    """One figure of the objective against each swept parameter into the parent run: ``figures/<metric>_by_<key>.png``
+    (nothing without a common objective)."""
+    objective = objective_of(children)
+    if objective is None:
+        return
+    metric = objective[0]
+    for key in swept(children):
+        client.log_figure(run_id, objective_figure(children, key, metric), f"figures/{metric}_by_{key}.png")
 
 
 def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) -> None:
@@ -317,24 +370,30 @@ def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) ->
         note += "; the sweep did not complete (a job failed, or it was interrupted)"
     metrics = [Metric(f"jobs_{s.lower()}", counts[s], 0, 0) for s in STATUSES]
     params, tags = [], {}
-    best = best_child(children)
+    best = best_children(children)
     if best is not None:
-        child, metric = best
+        (child, *tied), metric = best
         note += f". Best: {child.info.run_name} ({metric}={child.data.metrics[metric]:.6g})"
+        if tied:
+            note += f", tied with {len(tied)}: {', '.join(c.info.run_name for c in tied)}"
+            tags["best_runs_tied"] = ", ".join(c.info.run_id for c in tied)
         metrics.append(Metric(f"best_{metric}", child.data.metrics[metric], 0, 0))
         varying = {key: child.data.params.get(key) for key in varying_params(children)}
         params = [Param(f"best.{key}", value) for key, value in varying.items() if value is not None]
-        tags = {"best_run_id": child.info.run_id, "best_run_name": child.info.run_name, OBJECTIVE_TAG: metric}
+        tags.update(best_run_id=child.info.run_id, best_run_name=child.info.run_name, **{OBJECTIVE_TAG: metric})
     tags["mlflow.note.content"] = note
     client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-    tables: list[dict[str, str]] = []
     if children:
-        log_table(client, run_id, summary_table(children), "summary.json", tables)
+        client.log_table(run_id, summary_table(children), "summary.json")
+        try:
+            log_objective_figures(client, run_id, children)
+        except Exception as error:  # the summary stands without the figures; the run must still end
+            log.error("could not draw the objective of sweep run %s: %s", run_id, one_line(error))
     if children and plot is not None:
         try:
-            log_plots(client, run_id, children, plot, tables)
+            log_plots(client, run_id, children, plot)
         except Exception as error:  # the summary stands without the plots; the run must still end
             log.error("could not plot sweep run %s: %s", run_id, one_line(error))
     client.set_terminated(run_id, parent_status(counts, completed))
@@ -353,8 +412,8 @@ class SweepRecorder(Callback):
         try:
             self.plot = SweepPlot.parse(self.plot_node)
             check_first_job(config)
-        except (ConfigError, PluginError, IncompatibleError, CheckpointError) as error:
-            fail(error, 2)
+        except FrameworkError as error:
+            fail(error, error.exit_code)
         except CompactHydraException as error:  # Hydra would only warn about a callback's exception
             fail(describe(error), 2)
         if not config.tracking.enabled:

@@ -62,7 +62,7 @@ def test_a_poisoned_gradient_stops_the_run_at_that_step(cli, install_plugin, def
     env = install_plugin("poison", POISON)
     result = cli(
         "task=counting", "cell=poisoned", f"cell.at={AT}", f"cell.value='{value}'",
-        f"train.checkpoint_every={EVERY}", "hydra.run.dir=out", env=env,
+        f"train.checkpoint_every={EVERY}", "tracking.log_every=1", "hydra.run.dir=out", env=env,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     line = one_line(result.stderr)

@@ -1,12 +1,11 @@
-"""Faults of the tracking store: refused in one line before training, or, mid-run, nothing lost.
+"""Faults of the tracking store: refused in one line before training, or, mid-run, nothing lost and nothing hung.
 
-A store that cannot take a run (a file in the way of ./mlruns, a file that is not an SQLite
-database, a database another process keeps locked, a server that does not answer) stops the run
-before its first step with one line naming the store, exit code 1, and no checkpoint. A store that
-fails while the run trains ends the run with one line naming the store, the fallback file and what
-became of the run; the metrics the store took and the fallback file's hold every step. The run is
-recorded as FAILED if the store can still close it (its artifact folder broke), and is left RUNNING,
-for `cleanup`, if not (the tracking server died).
+A store that cannot take a run (a file in the way of ./mlruns, a file that is not an SQLite database, a
+read-only store, an in-memory store, a server that refuses or never answers) stops the run before its
+first step with one line naming the store and no checkpoint. A store that fails while the run trains
+ends the run with one line naming the store, what became of the run and the fallback file: the metrics
+the store took and the fallback file's hold every step, and the file is whole even on a full disk. The
+run is recorded as FAILED if the store can still close it, and is left RUNNING, for `cleanup`, if not.
 """
 
 from __future__ import annotations
@@ -14,19 +13,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
-import sqlite3
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, descendants, free_port, mlflow_server, one_line, runs_of
+from conftest import clean_env, descendants, free_port, mlflow_server, one_line, our_processes, runs_of
 from mlflow import MlflowClient
 
+from framework.tracking.observer import FALLBACK
 from framework.tracking.recorder import CLOSE_WAIT
-from framework.tracking.tracker import FALLBACK
 
 SHORT_RUN = ("train.steps=20", "hydra.run.dir=outputs/run")
 
@@ -38,14 +38,12 @@ def assert_refused_before_training(result: subprocess.CompletedProcess, tmp_path
 
 
 def test_a_file_in_the_way_of_the_store_folder(cli, tmp_path):
-    """A file where the store's folder ./mlruns should be (an unwritable store) -> exit 1 before the first step,
-    one line naming the store and the folder, no checkpoint."""
+    """A file where the store's folder ./mlruns should be -> exit 1 before the first step, one line naming the
+    folder, no checkpoint."""
     (tmp_path / "mlruns").write_text("not a folder")
     result = cli(*SHORT_RUN)
-    database = tmp_path / "mlruns" / "mlflow.db"
-    assert_refused_before_training(
-        result, tmp_path, f"cannot create the tracking store sqlite:///{database}: File exists: {database.parent}"
-    )
+    folder = tmp_path / "mlruns"
+    assert_refused_before_training(result, tmp_path, f"cannot create the tracking store's folder {folder}: File exists")
 
 
 @pytest.mark.parametrize("content", [b"garbage, not a database\n" * 10, bytes(range(256)) * 20], ids=["text", "binary"])
@@ -56,40 +54,124 @@ def test_a_store_file_that_is_not_a_database(cli, tmp_path, content):
     database.parent.mkdir()
     database.write_bytes(content)
     result = cli(*SHORT_RUN)
-    assert_refused_before_training(
-        result,
-        tmp_path,
-        f"the tracking store {database} is not an SQLite database (file is not a database): "
-        "move it away or set tracking.uri",
-    )
+    message = f"the tracking store {database} is not an SQLite database: move it away or set tracking.uri"
+    assert_refused_before_training(result, tmp_path, message)
     assert database.read_bytes() == content  # left as it was
 
 
-def test_a_store_locked_by_another_process(cli, tmp_path, default_store):
-    """A store another process keeps locked -> exit 1 after waiting 5 s, before the first step, one line naming the
-    store, no run created."""
-    database = tmp_path / "mlruns" / "mlflow.db"
-    with sqlite3.connect(database, isolation_level=None) as holder:
-        holder.execute("BEGIN EXCLUSIVE")
-        result = cli(*SHORT_RUN)
-        holder.execute("ROLLBACK")
-    assert_refused_before_training(
-        result, tmp_path, f"the tracking store sqlite:///{database} is locked by another process (waited 5 s)"
+@pytest.mark.parametrize("uri", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_store_is_refused(cli, tmp_path, uri):
+    """tracking.uri of an in-memory store, which would vanish with the process that records the run -> exit 2
+    before anything starts, one line saying what is accepted."""
+    result = cli(*SHORT_RUN, f"tracking.uri={uri}")
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        f"framework: error: tracking.uri={uri!r}: expected a store that outlives the run: sqlite:///<file>.db, "
+        "http(s)://<host>:<port> or a folder (an in-memory store vanishes with its process)"
     )
-    assert default_store.search_runs([e.experiment_id for e in default_store.search_experiments()]) == []
+    assert not (tmp_path / "outputs" / "run" / "checkpoints").exists()
+
+
+def in_a_mount_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the shell ``script`` in a user and mount namespace of its own (``unshare -rm``), where it may mount a
+    small or read-only file system that nothing outside sees; skip the test where that is not allowed."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if shutil.which("unshare") is None or probe.returncode != 0:
+        pytest.skip("unshare -rm (user and mount namespaces) is not allowed here")
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_read_only_store_is_refused_before_training(tmp_path, store_template):
+    """A store whose file system was remounted read-only (it can be read, not written) -> exit 1 before the first
+    step, one line naming it."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(store_template, tmp_path / "mlruns" / "mlflow.db")
+    result = in_a_mount_namespace(
+        "mount --bind mlruns mlruns && mount -o remount,bind,ro mlruns && "
+        f"exec {sys.executable} -m framework {' '.join(SHORT_RUN)}",
+        tmp_path,
+    )
+    folder = tmp_path / "mlruns"
+    assert_refused_before_training(
+        result, tmp_path, f"cannot write to the tracking store's folder {folder} (read-only or not yours)"
+    )
+
+
+FILL_THE_DISK_AT = """
+import os
+import time
+from pathlib import Path
+
+from framework.core.hookspecs import hookimpl
+
+
+@hookimpl
+def framework_metrics(run, step, metrics):
+    if step == int(os.environ["FILL_AT"]):
+        deadline = time.monotonic() + 60
+        while not list(Path("disk/mlruns/artifacts").glob("*/*/artifacts/config.yaml")):  # the run is recorded
+            assert time.monotonic() < deadline, "the run was not recorded within 60 s"
+            time.sleep(0.05)
+        with open("disk/filler", "wb") as filler:  # the disk's last byte
+            try:
+                while True:
+                    filler.write(b"x" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+"""
+
+
+def test_a_full_disk_keeps_every_metric_in_a_whole_fallback_file(tmp_path, store_template, install_plugin):
+    """The disk of the store and of the run's folder fills up mid-run -> exit 1, one line naming the fallback file,
+    which holds, whole and valid, every metric the store did not take (it was reserved when the run started)."""
+    env = install_plugin("fill", FILL_THE_DISK_AT)
+    (tmp_path / "disk").mkdir()
+    script = (
+        "mount -t tmpfs -o size=6m tmpfs disk && mkdir disk/mlruns && "
+        f"cp {store_template} disk/mlruns/mlflow.db && "
+        f"FILL_AT=300 PYTHONPATH={env['PYTHONPATH']} {sys.executable} -m framework train.steps=5000 "
+        "tracking.log_every=1 tracking.uri=sqlite:///disk/mlruns/mlflow.db hydra.run.dir=disk/run model.log=false "
+        "2> stderr.txt; echo $? > status.txt; cp disk/run/unrecorded-metrics.jsonl kept.jsonl"
+    )
+    result = in_a_mount_namespace(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "status.txt").read_text().strip() == "1"
+    message = one_line((tmp_path / "stderr.txt").read_text().splitlines()[-1])
+    fallback = tmp_path / "disk" / "run" / FALLBACK
+    assert message.startswith(f"framework: error: cannot record the run in sqlite:///{tmp_path}/disk/mlruns/mlflow.db")
+    assert message.endswith(f"; the metrics it did not record are in {fallback}")
+    entries = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    steps = sorted({step for key, _value, _ms, step in entries if key == "loss"})
+    assert steps and steps[-1] >= 300  # the steps after the disk filled up
+    assert steps == list(range(steps[0], steps[-1] + 1))  # none missing in between
 
 
 def test_a_server_that_does_not_answer(cli, tmp_path):
-    """A tracking server that does not answer -> exit 1 before the first step (of a run or of any job of a sweep),
-    one line naming the server."""
+    """A tracking server that refuses the connection, or accepts it and never answers -> exit 1 before the first step
+    (of a run or of any job of a sweep), one line naming the server, within seconds."""
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = cli(*SHORT_RUN, f"tracking.uri={uri}", timeout=60)
-    assert_refused_before_training(result, tmp_path, f"cannot reach the tracking server {uri}: Connection refused")
+    message = f"the tracking server {uri} does not answer (within 5 s): Connection refused"
+    assert_refused_before_training(result, tmp_path, message)
 
     result = cli("--multirun", "seed=0,1", f"tracking.uri={uri}", timeout=60)
     assert result.returncode == 1
-    assert one_line(result.stderr) == f"framework: error: cannot reach the tracking server {uri}: Connection refused"
+    assert one_line(result.stderr) == f"framework: error: {message}"
     assert not (tmp_path / "multirun").exists()  # no job started
+
+    with socket.socket() as silent:  # connections are accepted (the backlog) and never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = cli(*SHORT_RUN, f"tracking.uri={uri}", timeout=60)
+        assert time.monotonic() - started < 30
+    assert_refused_before_training(
+        result, tmp_path, f"the tracking server {uri} does not answer (within 5 s): timed out"
+    )
 
 
 SERVER_FAULTS = {  # what happens to the server, and what became of the run after it
@@ -101,20 +183,13 @@ SERVER_FAULTS = {  # what happens to the server, and what became of the run afte
 @pytest.mark.parametrize("fault", ["killed", pytest.param("frozen", marks=pytest.mark.slow)])
 def test_a_server_that_fails_mid_run_loses_no_metric(tmp_path, fault):
     """The tracking server killed or frozen (SIGSTOP) while the run trains -> exit 1, one line naming the server,
-    the fallback file and the run, left RUNNING for `cleanup`; every step the run took is in the server's
+    the run, left RUNNING for `cleanup`, and the fallback file; every step the run took is in the server's
     database or in the fallback file."""
     how, why = SERVER_FAULTS[fault]
     timeout = 5 if fault == "killed" else int(CLOSE_WAIT) + 2  # a frozen server's requests fail after this
     with mlflow_server(tmp_path / "server") as (uri, server):
         run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "framework",
-                "train.steps=100000000",
-                "tracking.flush_every=200",
-                f"tracking.uri={uri}",
-            ],
+            [sys.executable, "-m", "framework", "train.steps=100000000", "tracking.log_every=1", f"tracking.uri={uri}"],
             cwd=tmp_path,
             env=clean_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout)),
             stdout=subprocess.PIPE,
@@ -129,7 +204,7 @@ def test_a_server_that_fails_mid_run_loses_no_metric(tmp_path, fault):
             time.sleep(1.0)
             for pid in server_pids:
                 os.kill(pid, how)
-            _, stderr = run.communicate(timeout=120)
+            _, stderr = run.communicate(timeout=180)
         finally:
             run.kill()
             for pid in server_pids:  # a frozen server stops when asked only once it runs again
@@ -144,8 +219,10 @@ def test_a_server_that_fails_mid_run_loses_no_metric(tmp_path, fault):
     recorded = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'server' / 'server.db'}")
     (tracked,) = runs_of(recorded, "counting")
     run_id = tracked.info.run_id
-    assert f"; the metrics it did not record are in {fallback}; the run {run_id} is left RUNNING ({why}" in message
-    assert message.endswith("): `python -m framework cleanup` marks it FAILED")
+    assert f"; the run {run_id} is left RUNNING ({why}" in message
+    assert message.endswith(
+        f"): `python -m framework cleanup` marks it FAILED; the metrics it did not record are in {fallback}"
+    )
     assert tracked.info.status == "RUNNING"
     assert_every_step_kept(recorded, run_id, fallback)
 
@@ -172,7 +249,7 @@ def framework_metrics(run, step, metrics):
     if str(step) != os.environ["BREAK_ARTIFACTS_AT"]:
         return
     deadline = time.monotonic() + 60
-    while not (found := list(Path("mlruns/artifacts").glob("*/*/artifacts"))):  # the worker logged config.yaml
+    while not (found := list(Path("mlruns/artifacts").glob("*/*/artifacts"))):  # config.yaml was logged
         assert time.monotonic() < deadline, "the run's artifact folder did not appear"
         time.sleep(0.05)
     (folder,) = found
@@ -183,12 +260,12 @@ def framework_metrics(run, step, metrics):
 
 def test_a_store_whose_artifact_folder_breaks_mid_run_records_the_run_failed(cli, install_plugin, store, tmp_path):
     """The run's artifact folder replaced by a file while the run trains -> exit 1, one line naming the store,
-    the fallback file and the run, recorded as FAILED with that reason; every step kept."""
+    the run, recorded as FAILED with that reason, and the fallback file; every step kept."""
     env = install_plugin("break_artifacts", BREAK_ARTIFACTS_AT)
     result = cli(
         "train.steps=2000",
         "train.checkpoint_every=100",
-        "tracking.flush_every=50",
+        "tracking.log_every=1",
         "hydra.run.dir=outputs/run",
         env={**env, "BREAK_ARTIFACTS_AT": "150"},
     )
@@ -197,8 +274,19 @@ def test_a_store_whose_artifact_folder_breaks_mid_run_records_the_run_failed(cli
     run_id, fallback = tracked.info.run_id, tmp_path / "outputs" / "run" / FALLBACK
     assert result.returncode == 1, result.stderr
     assert message.startswith(f"framework: error: cannot record the run in sqlite:///{tmp_path}/mlruns/mlflow.db: ")
-    said = f"; the metrics it did not record are in {fallback}; the run {run_id} is recorded as FAILED"
-    assert message.endswith(said)
+    assert message.endswith(
+        f"; the run {run_id} is recorded as FAILED; the metrics it did not record are in {fallback}"
+    )
     assert tracked.info.status == "FAILED"
-    assert tracked.data.tags["error"] == message.removeprefix("framework: error: ").rsplit("; the run ", 1)[0]
+    assert message.removeprefix("framework: error: ").startswith(tracked.data.tags["error"])
     assert_every_step_kept(store, run_id, fallback)
+
+
+def test_no_process_is_left_after_runs_that_finish_or_fail(cli, tmp_path):
+    """A run that finishes, one that fails before training (a bad store), and `--cfg job`, which runs nothing ->
+    no process of theirs is left running (the recording process ends with its command)."""
+    mark = {"TEST_PROCESS_MARK": os.urandom(8).hex()}
+    assert cli(*SHORT_RUN, env=mark).returncode == 0
+    assert cli(*SHORT_RUN, "tracking.uri=http://127.0.0.1:1", env=mark).returncode == 1
+    assert cli("--cfg", "job", env=mark).returncode == 0
+    assert our_processes(mark["TEST_PROCESS_MARK"]) == set()
