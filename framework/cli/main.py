@@ -118,8 +118,8 @@ def component_table(pm: plugins.PluginManager) -> str:
 
 def main() -> None:
     """Entry point of ``python -m framework``."""
-    if sys.argv[1:2] and sys.argv[1] in TOOLS:  # they need no plugins
-        raise SystemExit(importlib.import_module(f"framework.tracking.{sys.argv[1]}").main(sys.argv[2:]))
+    if sys.argv[1:2] and sys.argv[1] in TOOLS:
+        raise SystemExit(importlib.import_module(TOOLS[sys.argv[1]]).main(sys.argv[2:]))
     try:
         pm = host.manager()
     except PluginError as error:

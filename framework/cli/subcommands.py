@@ -1,8 +1,8 @@
 """The words ``python -m framework <word>`` takes in place of a run.
 
-Listings print something about the installed components (from the plugins' registry); tools work
-on tracking stores and need no plugins, each the ``main(argv)`` of the module of its name. The CLI
-dispatches them, ``--help`` names them, and the recorder's prewarm starts no server for them.
+Listings print something about the installed components (from the plugins' registry); tools are each the
+``main(argv)`` of their module (with its own ``--help``). The CLI dispatches them, ``--help`` names them,
+and no recording process is started early for them.
 """
 
 from __future__ import annotations
@@ -11,5 +11,9 @@ LISTINGS = {
     "list": "every registered component (task, dataset, cell, loss, optim) with the plugin and version providing it",
     "docs": "the reference of every registered component and its settings, as docs/components.md",
 }
-TOOLS = ("migrate", "cleanup")  # each with its own --help
+TOOLS = {
+    "atlas": "framework.cli.atlas",  # every tutorial with every optimizer and cell: docs/atlas.md
+    "migrate": "framework.tracking.migrate",  # copy runs from one tracking store to another
+    "cleanup": "framework.tracking.cleanup",  # mark FAILED the RUNNING runs whose process is gone
+}
 SUBCOMMANDS = (*LISTINGS, *TOOLS)

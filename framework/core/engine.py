@@ -120,6 +120,7 @@ class Outcome:
     """A finished run: its final evaluation, every per-step metric, its verdict and its objective."""
 
     info: RunInfo
+    task: Task  # trained
     final: Evaluation
     history: dict[str, list[float]]
     verdict: verdict.Verdict
@@ -429,4 +430,4 @@ def train_and_report(run: Run, hook: Any) -> Outcome:
     summary = " ".join(f"{k}={v:.6g}" for k, v in final.metrics.items())
     log.info("%s finished in %.2f s: %s", run.info.run_name, time.perf_counter() - started, summary)
     log.info("%s", run.info.verdict.line())
-    return Outcome(run.info, final, dict(run.history.values), run.info.verdict, value)
+    return Outcome(run.info, run.task, final, dict(run.history.values), run.info.verdict, value)

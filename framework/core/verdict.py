@@ -101,9 +101,10 @@ def advise(task: Component, chosen: Mapping[str, str], overrides: Sequence[str],
     own = {f"{kind}={chosen[kind]}" for kind in changed}
     extra = [o for o in overrides if o.lstrip("+~") not in own and key_of(o) not in ("task", "seed", *TRACKING)]
     pairing = " ".join([plain, *sorted(own)])
+    recipe = "tuned recipe" if own else "reference recipe"
     if extra:
-        return f"try the tuned recipe without your other settings ({' '.join(extra)}): {pairing}"
-    return f"the tuned recipe ({pairing}) did not reach it with this seed: try another seed, or more steps"
+        return f"try the {recipe} without your other settings ({' '.join(extra)}): {pairing}"
+    return f"the {recipe} ({pairing}) did not reach it with this seed: try another seed, or more steps"
 
 
 TRACKING = ("tracking", "hydra", "model", "diagnostics", "objective", "threads")  # settings that change no number

@@ -400,6 +400,33 @@ def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) ->
     log.info("sweep %s: %s", run_id, note)
 
 
+def open_parent(
+    uri: str,
+    experiment: str,
+    sweep_id: str,
+    command: str,
+    name: str,
+    params: Sequence[str],
+    description: Mapping[str, Any],
+    folder: str | None = None,
+) -> Parent:
+    """Create a sweep's parent run in ``experiment``: tagged with the sweep's id and ``command``, named ``name``, its
+    ``params`` (overrides) as params and ``description`` as sweep.yaml; ``folder``: where its jobs' outputs go."""
+    from mlflow.entities import Param
+
+    client, experiment_id = connect(uri, experiment)
+    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "command": command}
+    if folder is not None:
+        tags["framework.sweep_dir"] = folder
+    run_id = client.create_run(experiment_id, tags=tags, run_name=name[:200]).info.run_id
+    pairs = (override.partition("=") for override in params)
+    client.log_batch(
+        run_id, params=[Param(key.lstrip("+~"), value[:6000]) for key, _, value in pairs], synchronous=True
+    )
+    client.log_text(run_id, yaml.safe_dump(dict(description), sort_keys=False), "sweep.yaml")
+    return Parent(client, experiment_id, run_id)
+
+
 class SweepRecorder(Callback):
     """Hydra callback: the parent run(s) of a multirun, and their summary when it ends."""
 
@@ -421,9 +448,26 @@ class SweepRecorder(Callback):
         sweep_id = uuid.uuid4().hex
         uri = resolve_uri(config.tracking.uri, Path(config.hydra.runtime.cwd))
         atexit.register(self.close, completed=False)  # a sweep that raises or is interrupted is summarised too
+        overrides = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
+        described_sweep = {
+            "overrides": list(config.hydra.overrides.task),
+            "hydra_overrides": list(config.hydra.overrides.hydra),
+            "sweeper": OmegaConf.to_container(config.hydra.sweeper),
+            "launcher": OmegaConf.to_container(config.hydra.launcher),
+        }
         try:
             for experiment in sweep_experiments(config):
-                self.parents.append(self.open_parent(config, uri, experiment, sweep_id))
+                parent = open_parent(
+                    uri,
+                    experiment,
+                    sweep_id,
+                    command=" ".join(["python", "-m", "framework", "--multirun", *overrides]),
+                    name=" ".join(["sweep", *config.hydra.overrides.task]),
+                    params=overrides,
+                    description=described_sweep,
+                    folder=config.hydra.sweep.dir,
+                )
+                self.parents.append(parent)
         except TrackingError as error:
             fail(error, 1)
         except Exception as error:
@@ -434,30 +478,6 @@ class SweepRecorder(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self.close)
         self.close(completed=True)
-
-    @staticmethod
-    def open_parent(config: DictConfig, uri: str, experiment: str, sweep_id: str) -> Parent:
-        """Create the parent run in ``experiment`` with the sweep's overrides as params and sweep.yaml."""
-        from mlflow.entities import Param
-
-        client, experiment_id = connect(uri, experiment)
-        overrides = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
-        command = " ".join(["python", "-m", "framework", "--multirun", *overrides])
-        tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "command": command}
-        tags["framework.sweep_dir"] = config.hydra.sweep.dir
-        name = " ".join(["sweep", *config.hydra.overrides.task])[:200]
-        run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-        pairs = (override.partition("=") for override in overrides)
-        params = [Param(key.lstrip("+~"), value[:6000]) for key, _, value in pairs]
-        client.log_batch(run_id, params=params, synchronous=True)
-        sweep = {
-            "overrides": list(config.hydra.overrides.task),
-            "hydra_overrides": list(config.hydra.overrides.hydra),
-            "sweeper": OmegaConf.to_container(config.hydra.sweeper),
-            "launcher": OmegaConf.to_container(config.hydra.launcher),
-        }
-        client.log_text(run_id, yaml.safe_dump(sweep, sort_keys=False), "sweep.yaml")
-        return Parent(client, experiment_id, run_id)
 
     def close(self, completed: bool) -> None:
         """Summarise and end every parent run still open."""
