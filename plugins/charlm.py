@@ -14,7 +14,6 @@ the dinosaurs' (``dataset.path=...``).
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +25,7 @@ import numpy as np
 
 from framework.core import seeding
 from framework.core.config import param
+from framework.core.data import available_memory
 from framework.core.errors import ConfigError
 from framework.core.hookspecs import hookimpl
 from framework.core.protocols import Batch, Evaluation, Parts, Reference
@@ -49,7 +49,9 @@ class NamesConfig:
     """Names, one per line of a UTF-8 text file (default: the tutorial's dinosaur names), lower-cased."""
 
     path: str | None = param(
-        None, doc="a UTF-8 text file with one example per line (relative to the launch directory); null: dinos.txt"
+        None,
+        file=True,
+        doc="a UTF-8 text file with one example per line (relative to the launch directory); null: dinos.txt",
     )
 
 
@@ -147,10 +149,10 @@ def check_fits_in_memory(names: Sequence[str], dtype: np.dtype, path: Path, key:
     a file that is one long line, not one example per line, would otherwise be killed by the system."""
     longest = max(map(len, names)) + 1
     needed = len(names) * longest * (len(set().union(*names)) + 1) * dtype.itemsize
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = available_memory()
     if needed > memory:
         size = f"{len(names)} example(s) of up to {longest} characters need {needed / 2**30:.1f} GiB"
-        raise ConfigError(key, str(path), f"{TEXT_FILE} ({size}, more than this machine's {memory / 2**30:.1f} GiB)")
+        raise ConfigError(key, str(path), f"{TEXT_FILE} ({size}, more than the {memory / 2**30:.1f} GiB available)")
 
 
 def make_names(config: NamesConfig, rng: np.random.Generator, dtype: np.dtype) -> NamesDataset:

@@ -150,7 +150,11 @@ def test_default_run_records_params_tags_metrics_and_artifacts(counting_runs):
         "w_x": with_final,
         "w_rec": with_final,
         "test_output": [STEPS],
+        "reached": [STEPS],  # the verdict: the tutorial's result reached, at the final evaluation
+        "steps_to_result": [STEPS],
     }
+    assert run.data.metrics["reached"] == 1.0 and run.data.tags["framework.verdict"] == "reached"
+    assert run.info.run_name == "counting"  # the plain default: named after its task
     w_x = history(store, run_id, "w_x")
     assert w_x[-1][1] == w_x[-2][1] == run.data.metrics["w_x"], "the final w_x is the weight after the last update"
 
@@ -221,7 +225,16 @@ def test_same_seed_same_metrics_other_seed_other_loss(counting_runs):
 
     (seed_a, a), (seed_b, b), (seed_c, c) = histories.values()
     assert seed_a == seed_b == "0" and seed_c == "1"
-    assert set(a) == {"loss", "grad_norm", "grad_flow_ratio", "w_x", "w_rec", "test_output"}
+    assert set(a) == {
+        "loss",
+        "grad_norm",
+        "grad_flow_ratio",
+        "w_x",
+        "w_rec",
+        "test_output",
+        "reached",
+        "steps_to_result",
+    }
     assert len(a["loss"]) == STEPS // 10 + 2  # every 10th step, the last, the final evaluation
     assert a == b  # every value of every metric, exactly
     assert c["loss"] != a["loss"]
@@ -233,7 +246,8 @@ def test_same_seed_same_metrics_other_seed_other_loss(counting_runs):
 
 def test_sgd_diverges_with_one_line_and_a_failed_run(cli, default_store):
     store = default_store
-    result = cli("task=counting", "optim=sgd", "tracking.log_every=1")
+    # plain gradient descent: the pairing's recipe (clipping, momentum) taken away
+    result = cli("task=counting", "optim=sgd", "optim.momentum=0", "train.clip_value=null", "tracking.log_every=1")
     assert result.returncode == 1
     line = one_line(result.stderr)
     assert line.startswith("framework: error: training diverged at step ")
@@ -326,14 +340,18 @@ def test_help_names_every_subcommand_and_each_explains_itself(cli):
 
 def test_command_line_choice_wins_over_the_task_recipe(cli, default_store):
     store = default_store
-    result = cli("task=counting", "optim=sgd", "optim.lr=1e-9", "train.steps=3")
+    plain = ("optim.momentum=0", "train.clip_value=null")  # over the pairing's recipe: plain gradient descent
+    result = cli("task=counting", "optim=sgd", "optim.lr=1e-9", *plain, "train.steps=3")
     assert result.returncode == 0, result.stderr
     (run,) = runs_of(store, "counting")
-    assert run.data.tags["command"] == "python -m framework task=counting optim=sgd optim.lr=1e-9 train.steps=3"
+    assert run.data.tags["command"] == (
+        "python -m framework task=counting optim=sgd optim.lr=1e-9 optim.momentum=0 train.clip_value=null train.steps=3"
+    )
     params = run.data.params
     assert params["optim.name"] == "sgd"
     assert params["optim.lr"] == "1e-09"
     assert params["train.steps"] == "3"
+    assert params["train.clip_value"] == "None"
     assert not any(key.startswith(("optim.variant", "optim.step_", "optim.eta_")) for key in params), params
     # sgd really ran: its first update moves the weights by exactly lr * |gradient|
     # (rprop's first move would be 0.0005 per weight, whatever the gradient)

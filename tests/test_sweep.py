@@ -23,14 +23,18 @@ def summary(client: MlflowClient, parent) -> dict[str, list]:
 
 
 def test_a_failed_job_is_recorded_and_the_parent_counts_it(cli, default_store):
-    result = cli("--multirun", "optim=sgd,rprop", "train.steps=30")
+    """SGD on counting without its recipe's clipping diverges; with it, it does not."""
+    result = cli("--multirun", "optim=sgd", "train.clip_value=null,10", "train.steps=30")
     assert result.returncode == 1
     assert "framework: error: job 0: training diverged at step" in result.stderr
     assert "Traceback" not in result.stderr
     parent, children = sweep_runs(default_store, "counting")
-    statuses = {c.data.params["optim.name"]: c.info.status for c in children}
-    assert statuses == {"sgd": "FAILED", "rprop": "FINISHED"}
-    assert {c.info.run_name for c in children} == {"optim=sgd,train.steps=30", "optim=rprop,train.steps=30"}
+    statuses = {c.data.params["train.clip_value"]: c.info.status for c in children}
+    assert statuses == {"None": "FAILED", "10.0": "FINISHED"}
+    assert {c.info.run_name for c in children} == {  # named after what changed from the task's recipe
+        "counting optim=sgd train.clip_value=null train.steps=30",
+        "counting optim=sgd train.clip_value=10 train.steps=30",
+    }
 
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["jobs_finished"] == 1
@@ -38,22 +42,27 @@ def test_a_failed_job_is_recorded_and_the_parent_counts_it(cli, default_store):
     assert parent.data.metrics["jobs_killed"] == 0
     assert "2 jobs, 1 FINISHED, 1 FAILED" in parent.data.tags["mlflow.note.content"]
     # the sweep's overrides are the parent's params
-    assert parent.data.params["optim"] == "sgd,rprop"
+    assert parent.data.params["train.clip_value"] == "null,10"
     assert parent.data.params["train.steps"] == "30"
     # the only finished child is the best one, for the task's objective (loss, lower is better)
-    rprop = next(c for c in children if c.info.status == "FINISHED")
-    assert parent.data.tags["best_run_id"] == rprop.info.run_id
+    clipped = next(c for c in children if c.info.status == "FINISHED")
+    assert parent.data.tags["best_run_id"] == clipped.info.run_id
     assert parent.data.tags["framework.objective"] == "loss"
-    assert parent.data.metrics["best_loss"] == rprop.data.metrics["loss"]
-    assert parent.data.params["best.optim.name"] == "rprop"
+    assert parent.data.metrics["best_loss"] == clipped.data.metrics["loss"]
+    assert parent.data.params["best.train.clip_value"] == "10.0"
 
+    # the summary shows its answer first: run name, what was swept, the objective, the verdict; no empty column
     table = summary(default_store, parent)
+    assert list(table)[:6] == ["run_name", "train.clip_value", "loss", "verdict", "status", "run_id"]
     assert sorted(table["run_id"]) == sorted(c.info.run_id for c in children)
-    row = table["run_id"].index(rprop.info.run_id)
+    row = table["run_id"].index(clipped.info.run_id)
     assert table["status"][row] == "FINISHED"
-    assert table["optim.name"][row] == "rprop"  # a parameter that varies
-    assert "seed" not in table  # one that does not
-    assert table["loss"][row] == pytest.approx(rprop.data.metrics["loss"], rel=1e-9)  # JSON keeps 10 digits
+    assert table["verdict"][row] == "not reached"  # 30 steps are too few
+    assert "seed" not in table  # a parameter that does not vary
+    assert all(any(value is not None for value in values) for values in table.values())
+    assert table["loss"][row] == pytest.approx(clipped.data.metrics["loss"], rel=1e-9)  # JSON keeps 10 digits
+    figures = [a.path for a in default_store.list_artifacts(parent.info.run_id, "figures")]
+    assert figures == ["figures/loss_by_train.clip_value.png"]  # the objective against the swept value
 
 
 def test_best_child_follows_the_objective_direction(cli, default_store):
@@ -74,10 +83,26 @@ def test_best_child_follows_the_objective_direction(cli, default_store):
     assert parent.data.metrics["best_error"] == best.data.metrics["error"]
 
 
+def test_ties_for_the_best_run_are_reported_and_broken_by_name(cli, default_store):
+    """Two jobs that both add every pair right tie for the best accuracy: the note says so, and the best is the first
+    by run name, whichever finished first."""
+    assert cli("--multirun", "task=adder", "optim=adam", "seed=1,0").returncode == 0
+    parent, children = sweep_runs(default_store, "adder")
+    assert {c.data.metrics["accuracy"] for c in children} == {1.0}
+    assert parent.data.tags["best_run_name"] == "adder optim=adam seed=0"
+    (other,) = [c for c in children if c.info.run_name == "adder optim=adam seed=1"]
+    assert parent.data.tags["best_runs_tied"] == other.info.run_id
+    assert "tied with 1: adder optim=adam seed=1" in parent.data.tags["mlflow.note.content"]
+    table = summary(default_store, parent)
+    assert table["verdict"] == ["reached", "reached"]
+    assert default_store.list_artifacts(parent.info.run_id, "figures") == []  # only seeds swept: nothing to draw
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["objective.metric=loss"], "objective.direction=None: expected minimize or maximize"),
+        (["objective.metric=error"], "objective.direction=None: expected minimize or maximize"),
+        (["objective.metric=loss"], "objective.metric='loss': expected a final metric of the task: accuracy"),
         (["objective.metric=nope", "objective.direction=maximize"], "objective.metric='nope': expected a final metric"),
         (["objective.direction=up"], "objective.direction='up': expected one of: minimize, maximize"),
     ],

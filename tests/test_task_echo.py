@@ -67,7 +67,7 @@ def test_window_must_be_longer_than_echo_step():
 
 def test_recipe_steps_are_epochs_times_windows_and_train_steps_wins(compose):
     train = compose("task=echo").train
-    assert (train.steps, train.eval_every, train.batch_size) == (10 * 666, 666, 5)
+    assert (train.steps, train.eval_every, train.batch_size) == (100 * 666, 666, 5)  # the tutorial's 100 series
     train = compose("task=echo", "task.epochs=3", "dataset.window=30").train
     assert (train.steps, train.eval_every) == (3 * 333, 333)
     assert compose("task=echo", "train.steps=50").train.steps == 50
@@ -86,7 +86,7 @@ def test_the_tutorials_model_and_optimizer(compose):
     for name in ("cell.Wx", "cell.Wh", "readout.W"):
         assert np.all((params[name] >= 0) & (params[name] < 1))  # np.random.rand
     assert not params["cell.b"].any() and not params["readout.b"].any()
-    assert (run.settings.train.steps, run.settings.train.batch_size) == (6660, 5)
+    assert (run.settings.train.steps, run.settings.train.batch_size) == (66600, 5)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

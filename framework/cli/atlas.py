@@ -108,7 +108,7 @@ def table(rows: Sequence[Row], objectives: dict[str, str]) -> dict[str, list[Any
         columns["objective"].append(metric)
         columns["final (median [min, max])"].append(spread([r.metrics[metric] for r in results if metric in r.metrics]))
         steps = [r.metrics["steps_to_result"] for r in reached(row)]
-        seconds = [r.metrics["seconds_to_result"] for r in reached(row)]
+        seconds = [r.verdict.seconds for r in reached(row)]
         columns["steps to result (median)"].append(f"{statistics.median(steps):.0f}" if steps else "–")
         columns["seconds to result (median)"].append(f"{statistics.median(seconds):.2f}" if seconds else "–")
         columns["recipe"].append(row.recipe)
@@ -132,7 +132,7 @@ def heatmap(rows: Sequence[Row]):
             ax.text(j, i, "×", ha="center", va="center", fontsize=12)
             continue
         share[i, j] = len(reached(row)) / max(len(row.jobs), 1)
-        seconds = [r.metrics["seconds_to_result"] for r in reached(row)]
+        seconds = [r.verdict.seconds for r in reached(row)]
         if seconds:
             ax.text(j, i, f"{statistics.median(seconds):.2g} s", ha="center", va="center", fontsize=7)
     image = ax.imshow(share, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")

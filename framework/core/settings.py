@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from framework.core.config import param
+from framework.core.errors import ConfigError
 
 
 @dataclass
@@ -72,6 +73,10 @@ class ModelSettings:
     log: bool = param(True, doc="log the trained network as the run's MLflow model 'model'")
     register: bool = param(False, doc="also register it in the MLflow model registry")
     name: str | None = param(None, doc="the registered model's name; null: the task's name")
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not self.name.strip() or set(self.name) & set("/:") or self.name in (".", "..")):
+            raise ConfigError("name", self.name, "a name MLflow's registry takes: not empty, no '/' or ':'")
 
 
 @dataclass

@@ -62,12 +62,13 @@ class Verdict:
         return f"did NOT reach the tutorial's result ({self.reference}): {self.advice}"
 
     def metrics(self) -> dict[str, float]:
-        """The verdict as metrics of the final evaluation: reached (1 or 0), and when, in steps and seconds."""
+        """The verdict as metrics of the final evaluation: reached (1 or 0), and at which step (its seconds, which no
+        two runs share, are only in the verdict: the metrics of a config and seed are the same every time)."""
         if self.status == NO_REFERENCE:
             return {}
         found = {"reached": float(self.status == REACHED)}
         if self.status == REACHED:
-            found.update(steps_to_result=float(self.step), seconds_to_result=float(self.seconds))
+            found["steps_to_result"] = float(self.step)
         return found
 
 

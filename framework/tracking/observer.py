@@ -349,7 +349,11 @@ class MlflowTracker:
                 f"{recording.timeout:g} s (tracking.timeout)"
             )
             failure += "; " + self.abandon(recording, "FAILED", failure)
-        recording.fallback.write(recording.unconfirmed())
+        unconfirmed = recording.unconfirmed()
+        if not unconfirmed:
+            recording.fallback.remove()
+            raise TrackingError(f"{failure}; every metric was recorded")
+        recording.fallback.write(unconfirmed)
         raise TrackingError(f"{failure}; the metrics it did not record are in {recording.fallback.path}")
 
     def abandon(self, recording: Recording, status: str, reason: str) -> str:

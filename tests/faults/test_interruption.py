@@ -201,8 +201,10 @@ from framework.core.hookspecs import hookimpl
 
 
 @hookimpl
-def framework_trained(run, task, step):
-    Path("trained").touch()  # the test freezes the run's recording process, then says go
+def framework_metrics(run, step, metrics):
+    if step < run.steps - 1:
+        return
+    Path("stalled").touch()  # the last step: the test freezes the run's recording process, then says go
     deadline = time.monotonic() + 60
     while not Path("go").exists():
         assert time.monotonic() < deadline, "no go within 60 s"
@@ -211,13 +213,14 @@ def framework_trained(run, task, step):
 
 
 def frozen_at_the_end(tmp_path: Path, env: dict[str, str], marked: dict[str, str], *args: str):
-    """Start a counting run whose recording process the test freezes (SIGSTOP) once training is over; (the training
-    process, the frozen recording process's pid, its run id, the path of the run's standard output)."""
+    """Start a counting run whose recording process the test freezes (SIGSTOP) at its last step, before the last
+    step's and the final evaluation's metrics are sent; (the training process, the frozen recording process's pid,
+    its run id, the path of the run's standard output)."""
     log = tmp_path / "stdout.txt"
     with log.open("w") as stdout:
         process = start(tmp_path, "hydra.run.dir=out", *args, env=env | marked, stdout=stdout)
     wait_for(lambda: "Tracking run " in log.read_text(), process, "the run exists in the store")
-    wait_for((tmp_path / "trained").exists, process, "training ended")
+    wait_for((tmp_path / "stalled").exists, process, "the last step")
     recorder = recording_pid(marked, process.pid)
     os.kill(recorder, signal.SIGSTOP)  # it gets the end of the run and cannot record it
     (tmp_path / "go").touch()
@@ -246,7 +249,7 @@ def test_a_frozen_recording_process_fails_the_run_after_the_timeout(install_plug
     assert f"still recording the run {run_id}: waiting for the recording process (pid {recorder})" in log.read_text()
     wait_until_gone(marked["TEST_PROCESS_MARK"])
     entries = [json.loads(line) for line in fallback.read_text().splitlines()]
-    assert {entry[0] for entry in entries} >= {"loss", "w_x", "test_output"}  # the last steps' and the final ones
+    assert {(entry[0], entry[3]) for entry in entries} >= {("loss", 499), ("loss", 500), ("test_output", 500)}
     assert all(len(entry) == 4 and isinstance(entry[3], int) for entry in entries)
     recorded = default_store.get_run(run_id)
     assert recorded.info.status == "FAILED"
