@@ -361,7 +361,12 @@ def test_hook_framework_run_ended(pm, add_plugin, compose):
 def test_run_ended_reports_divergence_as_failed(pm, add_plugin, compose):
     recorder = add_plugin(Recorder(), "recorder")
     with pytest.raises(DivergenceError, match=r"^training diverged at step \d+: loss="):
-        engine.execute(compose("tracking.enabled=false", "optim=sgd", "optim.lr=1e-6", "optim.momentum=0", "train.clip_value=null"), pm=pm)
+        engine.execute(
+            compose(
+                "tracking.enabled=false", "optim=sgd", "optim.lr=1e-6", "optim.momentum=0", "train.clip_value=null"
+            ),
+            pm=pm,
+        )
     status, error = recorder.events[-1][1:]
     assert status == "FAILED" and error.startswith("training diverged at step")
 
@@ -421,5 +426,10 @@ def test_hook_framework_trained(pm, add_plugin, compose):
 
     failed = add_plugin(TrainedRecorder(), "failed")
     with pytest.raises(DivergenceError):
-        engine.execute(compose("tracking.enabled=false", "optim=sgd", "optim.lr=1e-6", "optim.momentum=0", "train.clip_value=null"), pm=pm)
+        engine.execute(
+            compose(
+                "tracking.enabled=false", "optim=sgd", "optim.lr=1e-6", "optim.momentum=0", "train.clip_value=null"
+            ),
+            pm=pm,
+        )
     assert "trained" not in [e[0] for e in failed.events] and failed.events[-1][1] == "FAILED"
