@@ -104,8 +104,8 @@ def test_the_cli_refuses_a_missing_file_before_any_run(cli, tmp_path):
     result = cli("task=charlm", "dataset.path=missing.txt")
     assert result.returncode == 2
     assert one_line(result.stderr) == (
-        "framework: error: dataset.path='missing.txt': expected a UTF-8 text file with one example per line "
-        "(No such file or directory)"
+        "framework: error: dataset.path='missing.txt': expected the path of a readable file "
+        f"(No such file or directory: {tmp_path.resolve() / 'missing.txt'})"
     )
     assert_no_runs(tmp_path / "mlruns" / "mlflow.db")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -75,6 +76,8 @@ def composed(overrides: Sequence[str]) -> dict[str, Any]:
     """The run's config, composed by Hydra from the primary config and ``overrides`` (checked first), resolved."""
     pm = host.manager()
     check_overrides(overrides, pm.registry, multirun=False)
+    if GlobalHydra.instance().is_initialized():
+        raise CommandLineError("framework.run cannot compose a run inside another Hydra app (Hydra is initialized)")
     try:
         with initialize_config_module(config_module="framework.conf", version_base="1.3"):
             config = compose(config_name="config", overrides=list(overrides))

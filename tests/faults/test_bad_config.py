@@ -240,6 +240,36 @@ HYDRA_REFUSALS = [
     (("seed=${oops}",), "seed: cannot be resolved: Interpolation key 'oops' not found"),
 ]
 
+# mistakes that were found only after training (the run then FAILED), or once a sweep's parent run was open
+RERUN = (
+    "rerun from the run's config instead (python -m framework --config-dir <output dir>/.hydra --config-name config)"
+)
+LATE_REFUSALS = [
+    (
+        ("objective.metric=nope",),
+        "objective.metric='nope': expected a final metric of the task: w_x, w_rec, loss, test_output",
+    ),
+    (
+        ("model.register=true", "model.name=a/b"),
+        "model.name='a/b': expected a name MLflow's registry takes: not empty, no '/' or ':'",
+    ),
+    (
+        ("--multirun", "seed=0", "seed=1"),
+        "seed: given twice (seed=0 and seed=1); give it once (several values sweep with --multirun: key=a,b)",
+    ),
+    (
+        ("--experimental-rerun", "config.pickle"),
+        f"--experimental-rerun config.pickle: not accepted: it unpickles the file, running any code in it; {RERUN}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "line"), [pytest.param(*case, id=" ".join(case[0])) for case in LATE_REFUSALS])
+def test_mistakes_found_late_before_are_refused_before_training(args, line):
+    """An objective the task does not report, a model name MLflow refuses, a key given twice in a multirun, a pickled
+    rerun file -> exit 2 before anything trains or any run (or sweep's parent run) exists, one line."""
+    check_refused(Case(args, line))
+
 
 @pytest.mark.parametrize(("args", "line"), [pytest.param(*case, id=" ".join(case[0])) for case in HYDRA_REFUSALS])
 def test_command_lines_hydra_cannot_compose_are_refused_in_one_line(args, line):

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import math
 import signal
+import subprocess
+import sys
 
 import pytest
-from conftest import alive, descendants, mlflow_server, sweep_runs
+import yaml
+from conftest import alive, clean_env, descendants, mlflow_server, sweep_runs
 from mlflow import MlflowClient
+
+from framework.core import checkpoint
 
 JOBS, AT_ONCE, STEPS = 16, 4, 40
 SWEEP = ("--multirun", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={AT_ONCE}", f"seed=range({JOBS})")
@@ -22,7 +27,7 @@ def assert_sixteen_complete_children(client: MlflowClient) -> None:
     assert sorted(int(c.data.params["seed"]) for c in children) == list(range(JOBS))
     for child in children:
         loss = client.get_metric_history(child.info.run_id, "loss")
-        assert sorted(m.step for m in loss) == [*range(STEPS), STEPS]  # every step, and the final evaluation
+        assert sorted(m.step for m in loss) == [*range(0, STEPS, 10), STEPS - 1, STEPS]  # every 10th, the final
         assert all(math.isfinite(m.value) for m in loss)
         assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"config.yaml", "figures", "checkpoints"}
         assert len(child.outputs.model_outputs) == 1  # its trained network, as an MLflow model
@@ -54,3 +59,50 @@ def test_sixteen_jobs_into_a_tracking_server(cli, tmp_path):
         server.send_signal(signal.SIGTERM)  # stop it by its pid
         server.wait(timeout=30)
     assert not [pid for pid in helpers if alive(pid)], "the server left processes behind"
+
+
+def test_runs_and_sweeps_started_at_once_have_a_folder_each(tmp_path):
+    """16 runs, and two sweeps, started at the same moment in one folder -> each run and each sweep job has an output
+    folder of its own, holding its own config and checkpoint (before, same-second runs shared one and overwrote each
+    other's checkpoints)."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "framework", f"seed={seed}", "train.steps=30", "tracking.enabled=false"],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(16)
+    ]
+    sweeps = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "framework",
+                "--multirun",
+                f"seed={first},{first + 1}",
+                "train.steps=30",
+                "tracking.enabled=false",
+            ],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for first in (100, 200)
+    ]
+    for process in [*runs, *sweeps]:
+        assert process.wait(timeout=600) == 0, process.communicate()[1]
+    run_folders = sorted((tmp_path / "outputs").glob("*/*"))
+    job_folders = sorted(folder for folder in (tmp_path / "multirun").glob("*/*/*") if folder.is_dir())
+    assert len(run_folders) == 16 and len({f.parent for f in job_folders}) == 2 and len(job_folders) == 4
+    seeds, losses = [], []
+    for folder in [*run_folders, *job_folders]:
+        seeds.append(yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["seed"])
+        losses.append(float(checkpoint.load(folder / "checkpoints" / "last.npz").history["loss"][-1]))
+    assert sorted(seeds) == [*range(16), 100, 101, 200, 201]  # every run's own config
+    assert len(set(losses)) == 20  # and its own checkpoint: trained on its own seed's data
