@@ -217,8 +217,7 @@ class MlflowTracker:
             recording.unlogged = (step, metrics)
             return
         recording.unlogged = None
-        if not recording.pending and not recording.buffer:  # the first logged step: its metrics are those of every step
-            recording.fallback.known(metrics, evaluation=False)
+        recording.fallback.known(metrics, evaluation=False)  # room for this many at every logged step
         self.buffer(recording, step, metrics)
         if len(recording.buffer) >= METRICS_PER_BATCH:
             self.flush()

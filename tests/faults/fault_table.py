@@ -52,8 +52,8 @@ REFERENCED = {
     ),
     "tests/test_cli.py::test_sgd_diverges_with_one_line_and_a_failed_run": (
         "test_divergence",
-        "A run that diverges by itself (counting with plain SGD) -> exit 1, one line naming the step, FAILED, the "
-        "metrics before the divergence kept",
+        "A run that diverges by itself (counting with plain SGD: optim=sgd without its recipe's momentum and "
+        "clipping) -> exit 1, one line naming the step, FAILED, the metrics before the divergence kept",
     ),
     "tests/test_checkpoint.py::test_an_interrupted_run_resumes_to_the_uninterrupted_result": (
         "test_interruption",
@@ -143,7 +143,8 @@ def main() -> int:
     """Run the fault tests, write docs/faults.md; returns pytest's exit status."""
     rows = expected_rows()
     tests = [str(HERE), *(str(REPO / test) for test in REFERENCED)]
-    options = ["-p", "no:cacheprovider", "-m", "", f"--ignore={HERE / 'test_fault_table.py'}"]  # slow tests too
+    # slow tests too; in this process (pytest-xdist's workers would keep the results from the collector)
+    options = ["-p", "no:cacheprovider", "-p", "no:xdist", "-m", "", f"--ignore={HERE / 'test_fault_table.py'}"]
     status = pytest.main([*options, *tests], [Collector(rows)])
     PAGE.write_text(render(list(rows.values()), int(status)))
     print(f"wrote {PAGE.relative_to(REPO)}")
