@@ -1,4 +1,4 @@
-"""The echo tutorial (TASKS.md, "echo"): an RNN repeats its input a few steps later.
+"""The echo tutorial (docs/tasks.md, "echo"): an RNN repeats its input a few steps later.
 
     h_t = tanh(x_t Wx + h_{t-1} Wh + b),   p_t = softmax(h_t W2 + b2),   L = -mean_t log p_t[y_t]
 
