@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ NOTEBOOKS = ROOT / "notebooks"
 MARKER = re.compile(r"<!-- generated: (\w+)(?: (\w+))? -->")
 
 
+@event_priority(50)  # before mkdocs-jupyter's on_files, which makes the notebooks pages
 def on_files(files: Files, config: Any) -> Files:
     """Add every notebook of ``notebooks/`` to the site, under ``notebooks/``."""
     for notebook in sorted(NOTEBOOKS.glob("*.ipynb")):
