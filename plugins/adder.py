@@ -1,4 +1,4 @@
-"""The adder tutorial (TASKS.md, "adder"): an RNN learns 8-bit binary addition.
+"""The adder tutorial (docs/tasks.md, "adder"): an RNN learns 8-bit binary addition.
 
     h_t = sigmoid(x_t U + h_{t-1} W),   y_t = sigmoid(h_t V),   h_0 = 0
 

@@ -1,4 +1,4 @@
-"""The dinosaur-names tutorial: a character-level language model (TASKS.md, "charlm").
+"""The dinosaur-names tutorial: a character-level language model (docs/tasks.md, "charlm").
 
     x_1 = 0,  x_{k+1} = onehot(c_k),   h_k = tanh(x_k Wax + h_{k-1} Waa + b),   p_k = softmax(h_k Wya + by)
     L = -sum_k log p_k[t_k]  over one name,  targets t = the name's characters + newline

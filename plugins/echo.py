@@ -1,4 +1,4 @@
-"""The echo tutorial (TASKS.md, "echo"): an RNN repeats its input a few steps later.
+"""The echo tutorial (docs/tasks.md, "echo"): an RNN repeats its input a few steps later.
 
     h_t = tanh(x_t Wx + h_{t-1} Wh + b),   p_t = softmax(h_t W2 + b2),   L = -mean_t log p_t[y_t]
 
@@ -28,8 +28,8 @@ is the tutorial's full run.
 
 Other cells: any cell reads the series (``cell=lstm``, ``cell=gru``; the U(0, 1) initialisation
 is the recipe's for the tanh cell only). With ``cell=lstm`` the forget gate starts open,
-``cell.forget_bias=1`` (conf/recipe/cell/echo_lstm.yaml): with 0 the LSTM learns no longer
-echoes than the tanh cell (README, "The long-dependency experiment").
+``cell.forget_bias=1`` (its recipe for echo, plugins/echo.py): with 0 the LSTM learns no longer
+echoes than the tanh cell (docs/gradient-flow.md, "The long-dependency experiment").
 """
 
 from __future__ import annotations

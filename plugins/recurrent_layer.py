@@ -1,4 +1,4 @@
-"""The vector recurrent layer and its BPTT, checked by hand (TASKS.md, "recurrent layer").
+"""The vector recurrent layer and its BPTT, checked by hand (docs/tasks.md, "recurrent layer").
 
     s_t = f(U x_t + W s_{t-1}),   U (hidden, input), W (hidden, hidden),   f = ReLU or identity
 

@@ -1,4 +1,4 @@
-"""The seq2seq tutorial (TASKS.md, "seq2seq"): an encoder-decoder maps a word to its opposite.
+"""The seq2seq tutorial (docs/tasks.md, "seq2seq"): an encoder-decoder maps a word to its opposite.
 
     s = encoder(x_enc)                          the encoder's final state (s_0 = 0)
     h_t = decoder(x_dec,t | h_{t-1}),  h_0 = s  the decoder starts from the encoder's final state

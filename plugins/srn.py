@@ -1,4 +1,4 @@
-"""The simple recurrent network worked by hand (TASKS.md, "srn").
+"""The simple recurrent network worked by hand (docs/tasks.md, "srn").
 
     h_t = f(W_in x_t + W_rec h_{t-1}),   y_t = W_out h_t,   s_0 = 0
 

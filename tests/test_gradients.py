@@ -81,7 +81,7 @@ def test_task_model_gradients(compose, task, cell):
 
 
 def test_counting_gradient_check_of_the_tutorial(compose):
-    """TASKS.md: at (w_x, w_rec) = (1.2, 1.2), central differences with eps 1e-7 agree with BPTT."""
+    """docs/tasks.md: at (w_x, w_rec) = (1.2, 1.2), central differences with eps 1e-7 agree with BPTT."""
     run = engine.build(compose("task=counting", "task.w_x=1.2", "task.w_rec=1.2"), plugins.manager())
     model, data = run.task.model, run.dataset
     batch = next(data.batches(0, np.random.default_rng(0)))

@@ -1,4 +1,4 @@
-"""The adder task (TASKS.md, "adder"): data layout, the tutorial's update, the tracked run, the expected result."""
+"""The adder task (docs/tasks.md, "adder"): data layout, the tutorial's update, the tracked run, the expected result."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_user_mistakes_are_one_line(cli, tmp_path, overrides, key):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
 def test_reference_recipe_adds_every_pair(compose, seed):
-    """TASKS.md: after 10000 one-pair steps every one of the 128 x 128 sums is right."""
+    """docs/tasks.md: after 10000 one-pair steps every one of the 128 x 128 sums is right."""
     run = build(compose, f"seed={seed}")
     solved = FirstSolved()
     final = engine.train(run, solved)

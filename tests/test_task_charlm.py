@@ -211,7 +211,7 @@ def test_a_short_run_through_the_cli(cli, default_store):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
 def test_the_reference_recipe_reaches_the_tutorials_bits_per_char(compose, seed):
-    """TASKS.md: 35000 names, SGD 0.01, clipping at 5: bits_per_char <= 2.6 (reference port: 2.45-2.55)."""
+    """docs/tasks.md: 35000 names, SGD 0.01, clipping at 5: bits_per_char <= 2.6 (reference port: 2.45-2.55)."""
     run = build(compose, f"seed={seed}")
     final = engine.train(run, plugins.manager().hook)
     assert final.metrics["bits_per_char"] <= 2.6

@@ -1,4 +1,4 @@
-"""The echo task (TASKS.md, "echo"): the data layout, truncated BPTT windows, the recorded run."""
+"""The echo task (docs/tasks.md, "echo"): the data layout, truncated BPTT windows, the recorded run."""
 
 from __future__ import annotations
 

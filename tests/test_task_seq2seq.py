@@ -196,7 +196,7 @@ def test_a_bad_option_is_one_line_and_no_run(cli, tmp_path, override, message):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
 def test_every_pair_is_translated_for_seeds_0_to_4(compose, seed):
-    """TASKS.md: man -> women, king -> queen, black -> white, up -> down ... (the reference ~140 epochs)."""
+    """docs/tasks.md: man -> women, king -> queen, black -> white, up -> down ... (the reference ~140 epochs)."""
     run = build(compose, f"seed={seed}")
     final = engine.train(run, Recorder())
     assert final.metrics["accuracy"] == 1.0

@@ -1,4 +1,4 @@
-"""The hand-worked tasks: the exact numbers of TASKS.md."""
+"""The hand-worked tasks: the exact numbers of docs/tasks.md."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import itertools
 import os
 import shlex
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -124,9 +125,11 @@ class Result:
     def model(self) -> Any:
         """The trained network as the pyfunc model MLflow serves: ``model.predict(pandas.DataFrame(...))``; from the
         store for a tracked run, else saved from the run itself."""
-        import mlflow.pyfunc
+        with warnings.catch_warnings():  # MLflow imports tqdm.auto, which warns in a notebook without ipywidgets
+            warnings.filterwarnings("ignore", "IProgress not found")
+            import mlflow.pyfunc
 
-        from framework.tracking.models import quiet
+            from framework.tracking.models import quiet
 
         with quiet():
             return self.load_model(mlflow.pyfunc)

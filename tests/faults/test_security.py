@@ -93,7 +93,8 @@ def test_documented_servers_bind_to_localhost(program):
     """A documented server reachable from the network -> every `mlflow ui`, `mlflow server` and `mlflow models
     serve` the README and --help show binds to 127.0.0.1; the README's Security section says what to add before
     exposing one."""
-    shown = commands(code_blocks((REPO / "README.md").read_text()), program)
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # the README and the documentation site
+    shown = [command for page in pages for command in commands(code_blocks(page.read_text()), program)]
     shown += commands((REPO / "conf" / "config.yaml").read_text(), program)
     assert shown, program
     for command in shown:
