@@ -18,6 +18,7 @@ after each composition, and MLflow is used only by the recording process and by 
 from __future__ import annotations
 
 import datetime
+import io
 import itertools
 import os
 import shlex
@@ -171,11 +172,14 @@ class Result:
         return self.summary()
 
     def _ipython_display_(self) -> None:
-        from IPython.display import Markdown, display
+        """In Jupyter: the summary, then every figure as a picture (whatever matplotlib backend the kernel has)."""
+        from IPython.display import Image, Markdown, display
 
         display(Markdown("```text\n" + self.summary() + "\n```"))
         for figure in self.figures.values():
-            display(figure)
+            picture = io.BytesIO()
+            figure.savefig(picture, format="png")
+            display(Image(data=picture.getvalue()))
 
 
 def run(task: str | None = None, *overrides: str, **settings: Any) -> Result:

@@ -326,7 +326,7 @@ class MlflowTracker:
         process, ended = recording.process, recording.ended
         try:
             if not process.wait_for(ended, NOTICE_AFTER):
-                log.warning(
+                log.info(  # a first run waits for MLflow to load and the store to be made: nothing wrong
                     "still recording the run %s: waiting for the recording process (pid %d), at most %g s "
                     "(tracking.timeout)",
                     recording.run_id or "(not yet created in the store)",
