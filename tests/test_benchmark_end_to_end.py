@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a benchmark's smoke test: minutes of whole runs; CI runs it
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "end_to_end.py"
 NUMBER = r"-?\d+\.\d+"
 

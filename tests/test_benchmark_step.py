@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a benchmark's smoke test: minutes of whole runs; CI runs it
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
 NUMBER = r"\d+(?:\.\d+)?"
 CONFIGS = [

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import clean_env
+
+pytestmark = pytest.mark.slow  # a benchmark's smoke test: minutes of whole runs; CI runs it
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
 NUMBER = r"-?\d+\.\d+"

@@ -232,6 +232,7 @@ INTERRUPTIONS = {
 
 
 @pytest.mark.parametrize("interruption", INTERRUPTIONS)
+@pytest.mark.slow  # two whole runs and a resume each
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     cli, install_plugin, default_store, tmp_path, interruption
 ):

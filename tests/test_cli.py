@@ -362,6 +362,7 @@ def test_command_line_choice_wins_over_the_task_recipe(cli, default_store):
     assert w_x > -1.5 and w_rec < 2.0  # downhill from the tutorial's start
 
 
+@pytest.mark.slow  # fresh stores: MLflow creates its tables, seconds each
 def test_tracking_location_uri_env_and_disabled(tmp_path, store_template):
     uri_dir, env_dir, off_dir = tmp_path / "uri", tmp_path / "env", tmp_path / "off"
     seed_store(store_template, uri_dir / "other.db")
@@ -399,6 +400,7 @@ def test_tracking_location_uri_env_and_disabled(tmp_path, store_template):
     assert "numpy" in imported and not [name for name in imported if name.startswith("matplotlib")]
 
 
+@pytest.mark.slow  # fresh stores: MLflow creates its tables, seconds each
 def test_two_runs_started_at_once_into_a_fresh_store(tmp_path):
     processes = [launch(tmp_path, "train.steps=20", "tracking.log_every=1") for _ in range(2)]
     results = [finish(process) for process in processes]

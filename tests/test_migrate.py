@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import clean_env, one_line, runs_of
 from mlflow import MlflowClient
 
@@ -42,6 +43,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, int,
     return sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow  # two stores, a sweep and a copy: half a minute
 def test_migrate_copies_every_run_once(cli, tmp_path: Path, default_store) -> None:
     sweep = subprocess.Popen(  # the sweep and the single run record concurrently, like two users' commands
         [sys.executable, "-m", "framework", "--multirun", "seed=0,1", "train.steps=20"],

@@ -107,6 +107,7 @@ def test_the_adder_model_adds(adder):
     assert "Incompatible input types for column a" in not_integer["error"]  # MLflow's schema stops it
 
 
+@pytest.mark.slow  # a whole run, then the model loaded in a fresh process
 def test_the_adder_model_is_served_over_http(adder, tmp_path):
     uri, run_id = adder
     port = free_port()
@@ -144,6 +145,7 @@ def test_the_adder_model_is_served_over_http(adder, tmp_path):
     assert not [pid for pid in workers if alive(pid)], "the model server left processes behind"
 
 
+@pytest.mark.slow  # a whole run, then the model loaded in a fresh process
 def test_the_counting_model_counts(cli, default_store):
     run_id = train(cli, default_store, "counting")
     out = predict_elsewhere(default_store.tracking_uri, run_id, {"bits": ["0110", "1111111111", "011000010011", "1"]})
@@ -153,6 +155,7 @@ def test_the_counting_model_counts(cli, default_store):
     np.testing.assert_allclose(answer["columns"]["count"], [2, 10, 5, 1], atol=0.1)
 
 
+@pytest.mark.slow  # a whole run, then the model loaded in a fresh process
 def test_the_echo_model_echoes(cli, default_store):
     run_id = train(cli, default_store, "echo")
     bits = ["0110100111", "1000000001", "111000111000101"]
@@ -164,6 +167,7 @@ def test_the_echo_model_echoes(cli, default_store):
     assert bad == {"error": "bits='0120': expected a non-empty string of 0s and 1s"}
 
 
+@pytest.mark.slow  # a whole run, then the model loaded in a fresh process
 def test_the_seq2seq_model_translates(cli, default_store):
     run_id = train(cli, default_store, "seq2seq")
     words = ["man", "black", "king", "girl", "up", "high"]
@@ -174,6 +178,7 @@ def test_the_seq2seq_model_translates(cli, default_store):
     assert bad == {"error": "word='toolong': expected a word of 1 to 5 letters a-z (n_step)"}
 
 
+@pytest.mark.slow  # a whole run, then the model loaded in a fresh process
 def test_the_dinosaur_model_writes_names(cli, default_store, tmp_path):
     run_id = train(cli, default_store, "charlm", "train.steps=300")
     table = json.loads(

@@ -65,6 +65,7 @@ def test_a_failed_job_is_recorded_and_the_parent_counts_it(cli, default_store):
     assert figures == ["figures/loss_by_train.clip_value.png"]  # the objective against the swept value
 
 
+@pytest.mark.slow  # several sweeps: half a minute each
 def test_best_child_follows_the_objective_direction(cli, default_store):
     """adder maximises accuracy; objective.metric/direction choose another final metric."""
     assert cli("--multirun", "task=adder", "seed=0,1,2", "train.steps=300").returncode == 0
@@ -113,6 +114,7 @@ def test_bad_objective_is_one_line(cli, args, message):
     assert message in one_line(result.stderr)
 
 
+@pytest.mark.slow  # several sweeps: half a minute each
 def test_a_sweep_over_two_tasks_has_a_parent_in_each_experiment(cli, default_store):
     assert cli("--multirun", "task=counting,srn", "seed=0,1", "train.steps=10").returncode == 0
     for task in ("counting", "srn"):
@@ -124,6 +126,7 @@ def test_a_sweep_over_two_tasks_has_a_parent_in_each_experiment(cli, default_sto
     assert len(ids) == 1  # one sweep
 
 
+@pytest.mark.slow  # several sweeps: half a minute each
 def test_optuna_search_records_the_best_trial(cli, default_store, tmp_path):
     """The documented search preset, shortened: every trial a child, the best trial on the parent."""
     result = cli("--multirun", "+experiment=echo_search", "hydra.sweeper.n_trials=4", "task.epochs=1")

@@ -144,7 +144,8 @@ def main() -> int:
     rows = expected_rows()
     tests = [str(HERE), *(str(REPO / test) for test in REFERENCED)]
     # slow tests too; in this process (pytest-xdist's workers would keep the results from the collector)
-    options = ["-p", "no:cacheprovider", "-p", "no:xdist", "-m", "", f"--ignore={HERE / 'test_fault_table.py'}"]
+    options = ["-o", "addopts=", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", ""]
+    options.append(f"--ignore={HERE / 'test_fault_table.py'}")
     status = pytest.main([*options, *tests], [Collector(rows)])
     PAGE.write_text(render(list(rows.values()), int(status)))
     print(f"wrote {PAGE.relative_to(REPO)}")

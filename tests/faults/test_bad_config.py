@@ -212,6 +212,7 @@ def check_refused(case: Case) -> None:
 @pytest.mark.parametrize("group", GROUPS)
 @settings(max_examples=5, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
+@pytest.mark.slow  # 30 generated command lines, each a process
 def test_generated_bad_overrides_are_refused_in_one_line(group, data, record_property):
     """Generated wrong types, out-of-range values, unknown keys and unknown options, 5 per group -> exit 2,
     one line naming the key and what is accepted, no traceback, no MLflow run."""

@@ -116,6 +116,7 @@ def wait_for_recorded_checkpoint(process: subprocess.Popen, store) -> str:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # paced or frozen runs: tens of seconds each
 def test_a_killed_training_process_leaves_its_run_killed_then_resumed(
     cli, install_plugin, default_store, tmp_path, marked
 ):
@@ -153,6 +154,7 @@ def test_a_killed_training_process_leaves_its_run_killed_then_resumed(
     assert steps_of(default_store, run_id, "grad_norm") == [*range(0, steps, 10), steps - 1]
 
 
+@pytest.mark.slow  # paced or frozen runs: tens of seconds each
 def test_a_run_killed_with_its_recording_process_is_cleaned_up(cli, install_plugin, default_store, tmp_path, marked):
     """SIGKILL to both processes (the machine going down) -> the run stays RUNNING; `python -m framework cleanup`
     marks it FAILED (its process is gone) and leaves live or young runs alone; --older-than marks the old ones."""
@@ -228,6 +230,7 @@ def frozen_at_the_end(tmp_path: Path, env: dict[str, str], marked: dict[str, str
     return process, recorder, run_id, log
 
 
+@pytest.mark.slow  # paced or frozen runs: tens of seconds each
 def test_a_frozen_recording_process_fails_the_run_after_the_timeout(install_plugin, default_store, tmp_path, marked):
     """A recording process that stops answering at the end of the run -> after tracking.timeout seconds the run ends
     with one line saying what happened and where the metrics it did not record are (a whole, valid file), the frozen
@@ -256,6 +259,7 @@ def test_a_frozen_recording_process_fails_the_run_after_the_timeout(install_plug
     assert "did not finish recording the run within 5 s" in recorded.data.tags["error"]
 
 
+@pytest.mark.slow  # paced or frozen runs: tens of seconds each
 def test_ctrl_c_while_the_end_is_recorded_closes_the_run_killed(install_plugin, default_store, tmp_path, marked):
     """Ctrl-C while the run waits for a frozen recording process -> exit 130 in one line; the frozen process is
     killed and a new one records the run KILLED: none is left running in the background."""

@@ -124,6 +124,7 @@ def framework_metrics(run, step, metrics):
 """
 
 
+@pytest.mark.slow  # a tracking server, or a disk filled up: tens of seconds
 def test_a_full_disk_keeps_every_metric_in_a_whole_fallback_file(tmp_path, store_template, install_plugin):
     """The disk of the store and of the run's folder fills up mid-run -> exit 1, one line naming the fallback file,
     which holds, whole and valid, every metric the store did not take (it was reserved when the run started)."""
@@ -181,6 +182,7 @@ SERVER_FAULTS = {  # what happens to the server, and what became of the run afte
 
 
 @pytest.mark.parametrize("fault", ["killed", pytest.param("frozen", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a tracking server, or a disk filled up: tens of seconds
 def test_a_server_that_fails_mid_run_loses_no_metric(tmp_path, fault):
     """The tracking server killed or frozen (SIGSTOP) while the run trains -> exit 1, one line naming the server,
     the run, left RUNNING for `cleanup`, and the fallback file; every step the run took is in the server's
@@ -249,10 +251,10 @@ def framework_metrics(run, step, metrics):
     if str(step) != os.environ["BREAK_ARTIFACTS_AT"]:
         return
     deadline = time.monotonic() + 60
-    while not (found := list(Path("mlruns/artifacts").glob("*/*/artifacts"))):  # config.yaml was logged
+    while not (found := list(Path("mlruns/artifacts").glob("*/*/artifacts/overrides.yaml"))):  # the run is created
         assert time.monotonic() < deadline, "the run's artifact folder did not appear"
         time.sleep(0.05)
-    (folder,) = found
+    folder = found[0].parent
     shutil.rmtree(folder)
     folder.write_text("a file where the run's artifact folder was")
 """
