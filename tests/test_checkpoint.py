@@ -283,7 +283,7 @@ from framework.core.hookspecs import hookimpl
 
 @hookimpl(trylast=True)
 def framework_checkpoint(run, step, path):
-    """As if the next checkpoint had replaced this one before the tracking worker read it."""
+    """As if the next checkpoint had replaced this one before the recording process read it."""
     later = path.with_suffix(".later")
     later.write_bytes(b"a later checkpoint")
     os.replace(later, path)

@@ -8,7 +8,7 @@
   input example and, inferred from both, its signature).
 
 Writing them needs neither MLflow nor pandas, so the training process never imports them:
-the tracking worker turns the folder into the logged model (:mod:`framework.tracking.models`).
+the recording process turns the folder into the logged model (:mod:`framework.tracking.models`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A run of a task that can predict (:class:`framework.core.protocols.Predictor`) l
 - ``model_code.py``: MLflow's model from code, ``set_model(TrainedNetwork())`` (:mod:`framework.tracking.model_code`);
 - the signature, inferred from the task's example request and its answer, and that example.
 
-The training process writes those files (:func:`framework.tracking.model_files.export`); the tracking worker
+The training process writes those files (:func:`framework.tracking.model_files.export`); the recording process
 turns them into the logged model (:func:`log_model`).
 
 Loading it (``mlflow.pyfunc.load_model("runs:/<run id>/model")``, ``mlflow models serve``) rebuilds the

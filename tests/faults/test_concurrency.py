@@ -1,4 +1,4 @@
-"""Many writers at once: 16 jobs, 4 at a time (joblib, separate processes, each with its tracking worker),
+"""Many writers at once: 16 jobs, 4 at a time (joblib, separate processes, each with its recording process),
 into one fresh embedded store and into a real tracking server. All 16 FINISHED, every history complete,
 every run in the right experiment under one parent, and the server leaves no process behind."""
 
