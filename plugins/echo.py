@@ -37,14 +37,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from framework.core.config import param
+from framework.core.data import generator_param
 from framework.core.errors import ConfigError
 from framework.core.hookspecs import hookimpl
-from framework.core.protocols import Batch, Evaluation, Parts, Reference
+from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense
@@ -96,6 +98,10 @@ class EchoSeriesConfig:
     total_length: int = param(50000, ge=1, doc="bits per series; a new series is drawn every epoch")
     echo_step: int = param(3, ge=1, doc="the target is the input delayed by this many steps")
     window: int = param(15, ge=2, doc="truncated_backprop_length: steps per window (one update); > echo_step")
+    generator: str = generator_param(
+        "the weights W = np.random.rand(state_size + 1, state_size) and W2 = np.random.rand(state_size, 2), then "
+        "every epoch's series np.random.choice(2, total_length, p=[0.5, 0.5])"
+    )
 
     def __post_init__(self) -> None:
         if self.window <= self.echo_step:
@@ -103,18 +109,36 @@ class EchoSeriesConfig:
                 "window", self.window, f"an integer > echo_step ({self.echo_step}): a window must see what it echoes"
             )
 
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The tutorial's series of 50000 bits in 5 rows, read by its tanh cell."""
+        return {"dataset.total_length": 50000, "train.batch_size": ROWS, "cell": "rnn"}
+
 
 class EchoSeries:
-    """The training stream: a new series every epoch, served window by window."""
+    """The training stream: a new series every epoch, served window by window.
+
+    With the tutorial's stream ``tutorial``, every epoch's series is the tutorial's (:meth:`tutorial_series`).
+    """
 
     input_size = 1
 
-    def __init__(self, config: EchoSeriesConfig, dtype: np.dtype) -> None:
-        self.config, self.dtype = config, dtype
+    def __init__(
+        self, config: EchoSeriesConfig, dtype: np.dtype, tutorial: np.random.RandomState | None = None
+    ) -> None:
+        self.config, self.dtype, self.tutorial = config, dtype, tutorial
 
     def series(self, rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A fresh series cut into ``rows`` rows: inputs (rows, n, 1), integer targets (rows, n)."""
         return echo_series(self.config.total_length, self.config.echo_step, rows, rng, self.dtype)
+
+    def tutorial_series(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tutorial's generateData(), drawn from its stream: x (rows, n, 1), y (rows, n) as :meth:`series`."""
+        x = np.array(self.tutorial.choice(2, self.config.total_length, p=[0.5, 0.5]))
+        y = np.roll(x, self.config.echo_step)
+        y[0 : self.config.echo_step] = 0
+        x = x.reshape((rows, -1))
+        y = y.reshape((rows, -1))
+        return x[..., None].astype(self.dtype), y
 
     def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
         """Window j of every row, j = 0, 1, ...; the state is reset (new_sequence) only at j = 0."""
@@ -126,15 +150,24 @@ class EchoSeries:
             row = self.config.total_length // batch_size
             raise ConfigError("dataset.window", window, f"an integer <= the row length {row} (total_length / rows)")
         while True:
-            inputs, targets = self.series(batch_size, rng)
+            if self.tutorial is None:
+                inputs, targets = self.series(batch_size, rng)
+            else:
+                inputs, targets = self.tutorial_series(batch_size)
             for j in range(windows):
                 steps = slice(j * window, (j + 1) * window)
                 yield Batch(inputs[:, steps], targets[:, steps], new_sequence=j == 0)
 
 
-def make_echo_series(config: EchoSeriesConfig, rng: np.random.Generator, dtype: np.dtype) -> EchoSeries:
-    """The echo stream; its series come from the batch stream's generator (one per epoch)."""
-    return EchoSeries(config, dtype)
+def make_echo_series(
+    config: EchoSeriesConfig, rng: np.random.Generator | np.random.RandomState, dtype: np.dtype
+) -> EchoSeries:
+    """The echo stream; its series come from the batch stream's generator (one per epoch).
+
+    x_k ~ Bernoulli(1/2), y_k = x_{k - echo_step} (0 for k < echo_step), cut into rows then windows.
+    ``generator=tutorial``: from ``rng``, the tutorial's stream, drawn as the tutorial's generateData().
+    """
+    return EchoSeries(config, dtype, rng if config.generator == "tutorial" else None)
 
 
 def echo_accuracy(predictions: np.ndarray, targets: np.ndarray, echo_step: int) -> float:
@@ -198,6 +231,8 @@ class EchoTask:
         cell = parts.make_cell(self.data.input_size, config.state_size)
         readout = Dense(config.state_size, CLASSES, True, READOUT_INIT, parts.rng("readout"), parts.dtype)
         self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
+        if parts.tutorial is not None:
+            tutorial_weights(parts.tutorial, cell.params, readout.params)
         self.eval_rng = parts.rng("eval")
         self.config, self.dtype = config, parts.dtype
         self.accuracies: list[float] = []  # one per evaluation
@@ -257,6 +292,15 @@ class EchoTask:
                 "window": partial(window_figure, *last, start),
             }
         return evaluation
+
+
+def tutorial_weights(stream: np.random.RandomState, cell: Params, readout: Params) -> None:
+    """The tutorial's W = np.random.rand(state_size + 1, state_size), then W2 = np.random.rand(state_size, 2):
+    [x_t, h_{t-1}] W is x_t Wx + h_{t-1} Wh, so W's first row is the cell's Wx and its other rows Wh; W2 is the
+    readout's W. The biases stay 0, as the tutorial's."""
+    W = stream.rand(cell["Wh"].shape[0] + 1, cell["Wh"].shape[1])
+    cell["Wx"][...], cell["Wh"][...] = W[:1], W[1:]
+    readout["W"][...] = stream.rand(*readout["W"].shape)
 
 
 def loss_figure(losses: Sequence[float]):

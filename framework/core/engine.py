@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from framework.core import checkpoint, plugins, seeding, verdict
 from framework.core.allocator import keep_freed_memory
 from framework.core.config import build as build_config
+from framework.core.config import flatten
 from framework.core.data import available_memory, check_data_file
 from framework.core.diagnostics import FlowRecorder
 from framework.core.errors import (
@@ -40,7 +41,17 @@ from framework.core.errors import (
     IncompatibleError,
     one_line,
 )
-from framework.core.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
+from framework.core.protocols import (
+    Batch,
+    Dataset,
+    Evaluation,
+    Optimizer,
+    Parts,
+    Resumable,
+    RunInfo,
+    Task,
+    TutorialData,
+)
 from framework.core.registry import KINDS, Component
 from framework.core.settings import ObjectiveSettings, Settings
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
@@ -172,19 +183,21 @@ def build(
         data_files.update(files)
     rng = seeding.RandomStreams(settings.seed)
     dtype = np.dtype(settings.dtype)
+    tutorial = tutorial_stream(chosen["dataset"][1], config, settings.seed)
 
     def component(kind: str, *args: Any) -> Any:
         factory, options = chosen[kind][0].factory, chosen[kind][1]
         return factory(options, *args)
 
     init_rng = rng("init")  # one stream for every cell a task makes
-    dataset = component("dataset", rng("data"), dtype)
+    dataset = component("dataset", rng("data") if tutorial is None else tutorial, dtype)
     parts = Parts(
         dataset=dataset,
         make_cell=lambda input_size, hidden_size: component("cell", input_size, hidden_size, init_rng, dtype),
         loss=component("loss"),
         rng=rng,
         dtype=dtype,
+        tutorial=tutorial,
     )
     task_name = chosen["task"][0].name
     info = RunInfo(
@@ -201,12 +214,33 @@ def build(
     )
     task = component("task", parts)
     info.objective, info.maximize = objective(settings.objective, task)
-    probe(task, dataset, settings, chosen, rng)
+    with seeding.unchanged(tutorial):  # the probe's batch is drawn again by training, as the tutorial draws it
+        probe(task, dataset, settings, chosen, rng)
     batches = dataset.batches(settings.train.batch_size, rng("batches"))
     names = {kind: component.name for kind, (component, _) in chosen.items()}
     advice = verdict.advise(chosen["task"][0], names, overrides, pm.registry)
     follow = verdict.Tracker(verdict.reference_of(task))
     return Run(info, settings, task, dataset, component("optim"), batches, rng, follow, advice)
+
+
+def tutorial_stream(options: Any, config: Mapping[str, Any], seed: int) -> np.random.RandomState | None:
+    """The tutorial's stream, numpy's legacy generator after ``np.random.seed(seed)``, for a dataset that draws as its
+    tutorial did (``dataset.generator=tutorial``, :class:`TutorialData`); None for any other.
+
+    The dataset draws its data from it and the task its initial weights, so the run must have the settings the
+    tutorial's draws depend on: any other is refused in one line naming them. The stream is not checkpointed: a
+    resumed run replays its batches (:func:`restore`), which draws it to where it was.
+    """
+    if not isinstance(options, TutorialData) or options.generator != "tutorial":
+        return None
+    flat = flatten(config)
+    expected = options.tutorial_settings()
+    got = {key: flat.get(f"{key}.name" if key in KINDS else key) for key in expected}
+    if got != expected:
+        tutorials = ", ".join(f"{key}={value}" for key, value in expected.items())
+        differing = ", ".join(f"{key}={got[key]}" for key in expected if got[key] != expected[key])
+        raise ConfigError("dataset.generator", "tutorial", f"the tutorial's settings: {tutorials} (got {differing})")
+    return seeding.tutorial(seed)
 
 
 def objective(settings: ObjectiveSettings, task: Task) -> tuple[str, bool]:

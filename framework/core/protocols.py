@@ -140,6 +140,22 @@ class Dataset(Protocol):
         """An endless stream of batches; ``batch_size`` 0 means the whole data set."""
 
 
+@runtime_checkable
+class TutorialData(Protocol):
+    """The options of a dataset that can draw its data as its tutorial's published code did (``generator``).
+
+    With ``generator: tutorial`` the dataset factory's ``rng`` is the tutorial's stream, numpy's legacy
+    generator after ``np.random.seed(seed)`` (:func:`framework.core.seeding.tutorial`), and the task gets the
+    same stream as ``Parts.tutorial`` for its initial weights; the run must have the tutorial's settings.
+    """
+
+    generator: str  # "framework": the run's own streams; "tutorial": the tutorial's calls to the legacy generator
+
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The settings the tutorial's draws depend on, with its values: dotted keys (``train.batch_size``), or a
+        component group (``cell``) for the component's name."""
+
+
 class Model(Protocol):
     """A trainable network with an explicit backward pass."""
 
@@ -176,7 +192,9 @@ class Parts:
     """What the engine hands a task factory: the chosen components, ready to use.
 
     ``make_cell(input_size, hidden_size)`` builds the chosen cell with its
-    configured options; ``rng(name)`` gives the seeded random stream ``name``.
+    configured options; ``rng(name)`` gives the seeded random stream ``name``;
+    ``tutorial`` is the tutorial's stream when the dataset draws as its tutorial
+    did (``dataset.generator=tutorial``), else None.
     """
 
     dataset: Dataset
@@ -184,6 +202,7 @@ class Parts:
     loss: Loss
     rng: Callable[[str], np.random.Generator]
     dtype: np.dtype
+    tutorial: np.random.RandomState | None = None  # the tutorial's stream, shared with the dataset (TutorialData)
 
 
 @dataclass
