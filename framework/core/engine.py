@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from framework.core import checkpoint, plugins, seeding, verdict
+from framework.core import checkpoint, hidden, plugins, seeding, verdict
 from framework.core.allocator import keep_freed_memory
 from framework.core.config import build as build_config
 from framework.core.config import flatten
@@ -313,10 +313,13 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     evaluation then happens at that step. Every ``train.checkpoint_every``
     steps, and at the end, the run is checkpointed. Every ``diagnostics.every``
     steps the gradient flow through time is recorded (metric ``grad_flow_ratio``;
-    the final evaluation gets its figure ``gradient_flow``, see framework.diagnostics).
+    the final evaluation gets its figure ``gradient_flow``, see framework.diagnostics),
+    and the final evaluation gets the figure ``hidden_states`` of the last batch's first
+    sequence (framework.core.hidden).
     """
     settings, model = run.settings.train, run.task.model
     flow = FlowRecorder(run.settings.diagnostics.every, run.info.task)
+    batch = None  # the last batch trained on
     started = time.perf_counter()
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -358,6 +361,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     run.info.verdict = verdict.verdict(run.follow, final.metrics, run.advice)
     final.metrics.update(run.info.verdict.metrics())
     final.figures.update(flow.figures())
+    final.figures.update(hidden.figures(model, batch, run.info.task))
     hook.framework_evaluation(run=run.info, step=run.step, evaluation=final, final=True)
     save_checkpoint(run, hook)
     return final

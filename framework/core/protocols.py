@@ -108,6 +108,15 @@ class Cell(Protocol):
         """BPTT from dL/dh (B, T, H) of the outputs and dL/d(final state) (None: 0)."""
 
 
+@runtime_checkable
+class ReportsStates(Protocol):
+    """A cell that can say what its forward pass computed at every step: its states and, if it has any, its gates."""
+
+    def states_and_gates(self, cache: Any) -> dict[str, np.ndarray]:
+        """From the cache of :meth:`Cell.forward`: name -> (B, T, H), the hidden state ``h``, and for a gated cell its
+        memory ``c`` and gates (``i``, ``f``, ``o`` of an LSTM; ``r``, ``z`` of a GRU)."""
+
+
 class Loss(Protocol):
     """A loss on the model's raw outputs (logits for the softmax and sigmoid losses)."""
 
