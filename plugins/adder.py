@@ -23,6 +23,7 @@ import numpy as np
 from framework.core.config import param
 from framework.core.data import generator_param
 from framework.core.errors import ConfigError
+from framework.core.hidden import Tracked, tracking, tracking_table, unit_correlations
 from framework.core.hookspecs import hookimpl
 from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
@@ -223,8 +224,12 @@ class AdderTask:
         return {}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
-        """accuracy, bit_accuracy and error over the evaluation pairs in one forward pass; a few of them printed."""
-        y, predicted = self.read(self.pairs.inputs)
+        """accuracy, bit_accuracy and error over the evaluation pairs in one forward pass; a few of them printed.
+
+        At the end also what the hidden state holds: the unit that tracks the carry (table ``hidden_units``, figure
+        ``carry``).
+        """
+        y, predicted, h = self.read(self.pairs.inputs)
         t = self.pairs.targets[..., 0]
         bits_right = predicted == t
         right = bits_right.all(axis=1)
@@ -242,19 +247,28 @@ class AdderTask:
             table = self.tutorial_sum()
             self.printed.append(self.sums_text(step, table))
             text = "------------\n".join(self.printed)
-        figures = {"right_sums": partial(self.right_sums_figure, right)} if final and self.every_pair else {}
-        return Evaluation(
+        evaluation = Evaluation(
             metrics=metrics,
             samples={"sums": text},
             tables={"sums": table},
-            figures=figures,
             stop=self.config.stop_when_solved and metrics["accuracy"] == 1.0,
         )
+        if final:
+            carry = carries(self.a, self.b, self.data.bits)
+            held = (h[:, :-1].reshape(-1, h.shape[-1]), carry[:, :-1].reshape(-1))  # the last step has no next bit
+            tracked = tracking(*held, "the carry out of bit k")
+            evaluation.tables["hidden_units"] = tracking_table([tracked])
+            evaluation.figures["carry"] = partial(carry_figure, h, carry, tracked)
+            if self.every_pair:
+                evaluation.figures["right_sums"] = partial(self.right_sums_figure, right)
+        return evaluation
 
-    def read(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """y_t = sigmoid(z_t) of every pair and bit (P, bits), and the bits it predicts: 1 where y_t > 0.5."""
-        y = sigmoid(self.model.outputs(inputs)[0][..., 0])
-        return y, (y > 0.5).astype(np.int64)
+    def read(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """y_t = sigmoid(z_t) of every pair and bit (P, bits), the bits it predicts (1 where y_t > 0.5), and the
+        hidden states h_t (P, bits, H)."""
+        z, _, (_, h) = self.model.outputs(inputs)
+        y = sigmoid(z[..., 0])
+        return y, (y > 0.5).astype(np.int64), h
 
     def example(self) -> dict[str, list]:
         """A request: pairs (a, b) to add, the largest included."""
@@ -274,7 +288,7 @@ class AdderTask:
             outside = (values < 0) | (values >= self.data.numbers)
             if outside.any():
                 raise ValueError(f"{name}={values[outside][0]}: expected {accepted}")
-        _, predicted = self.read(self.data.encode(pair["a"], pair["b"]).inputs)
+        _, predicted, _ = self.read(self.data.encode(pair["a"], pair["b"]).inputs)
         return {"sum": from_bits(predicted).tolist()}
 
     def sums_table(self, a: np.ndarray, b: np.ndarray, y: np.ndarray) -> dict:
@@ -297,7 +311,7 @@ class AdderTask:
         """The sum the tutorial prints now: the pair its stream gives the next step, with the network's outputs on
         it (the tutorial prints the pair of iteration j before it trains on it)."""
         a, b = (np.array([n]) for n in self.data.next_tutorial_pair())
-        y, _ = self.read(self.data.encode(a, b).inputs)
+        y, _, _ = self.read(self.data.encode(a, b).inputs)
         return self.sums_table(a, b, y)
 
     def sums_text(self, step: int, table: dict) -> str:
@@ -328,6 +342,46 @@ class AdderTask:
         ax.imshow(right.reshape(n, n), cmap=ListedColormap(["tab:red", "tab:green"]), vmin=0, vmax=1, origin="lower")
         ax.set(xlabel="b", ylabel="a", title=f"a + b right (green): {right.mean():.2%} of {n}x{n} pairs")
         return figure
+
+
+def carries(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
+    """The carry out of every bit position k of a + b, what h_k must hold for bit k + 1:
+    c_k = floor((a mod 2^(k+1) + b mod 2^(k+1)) / 2^(k+1)), shape (P, bits)."""
+    span = 2 ** np.arange(1, bits + 1, dtype=np.int64)
+    return (a[:, None] % span + b[:, None] % span) // span
+
+
+def carry_figure(h: np.ndarray, carry: np.ndarray, tracked: Tracked):
+    """Left: corr(h_u, c_k) of every unit u at every bit position k. Right: the tracking unit's activation at each
+    position, for the pairs whose carry out of it is 0 and 1 (median, and the 5-95% band)."""
+    from matplotlib.figure import Figure
+
+    bits, units, u = carry.shape[1], h.shape[-1], tracked.unit
+    r = np.stack([unit_correlations(h[:, k], carry[:, k]) for k in range(bits)], axis=1)  # (H, bits)
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    extent = (-0.5, bits - 0.5, -0.5, units - 0.5)
+    image = left.imshow(r, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", origin="lower", extent=extent)
+    figure.colorbar(image, ax=left, label="corr($h_u$, carry out of bit k)")
+    left.axhline(u - 0.5, color="black", lw=0.8)
+    left.axhline(u + 0.5, color="black", lw=0.8)
+    left.set(xlabel="bit position k (0: least significant)", ylabel="unit u", title="every unit against the carry")
+    positions = np.arange(bits)
+    for value, colour in ((0, "tab:blue"), (1, "tab:red")):
+        seen = [h[carry[:, k] == value, k, u] for k in positions]
+        kept = [k for k in positions if len(seen[k])]  # the carry out of the top bit is always 0
+        low, median, high = (np.array([np.quantile(seen[k], q) for k in kept]) for q in (0.05, 0.5, 0.95))
+        right.plot(kept, median, "o-", color=colour, label=f"carry {value}")
+        right.fill_between(kept, low, high, color=colour, alpha=0.2)
+    right.set(
+        xlabel="bit position k",
+        ylabel=f"$h_k$ of unit {u}",
+        title=f"unit {u} tracks the carry: r = {tracked.r:.3f}; the best direction of h: R = {tracked.direction_r:.3f}",
+    )
+    right.title.set_fontsize(9)
+    right.legend(fontsize=8)
+    figure.suptitle("what the hidden state holds: the carry")
+    return figure
 
 
 def tutorial_weights(stream: np.random.RandomState, cell: Params, readout: Params) -> None:

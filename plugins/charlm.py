@@ -29,6 +29,7 @@ from framework.core import seeding
 from framework.core.config import param
 from framework.core.data import generator_param
 from framework.core.errors import ConfigError
+from framework.core.hidden import Tracked, tracking, tracking_table
 from framework.core.hookspecs import hookimpl
 from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
@@ -41,6 +42,8 @@ NEWLINE = "\n"  # ends every name; symbol 0
 MAX_NAMES = 1000  # names a model writes for one request, at most
 TEXT_FILE = "a UTF-8 text file with one example per line"  # what dataset.path accepts
 SMOOTH_START_CHARS = 7  # the tutorial's smoothed loss starts at 7 characters of a uniform guess: 7 log 27 = 23.07
+VOWELS = "aeiou"
+SHOWN_NAMES = 8  # names written out in the figure of the telling units, spread over the data
 
 
 # -- the data ----------------------------------------------------------------
@@ -256,7 +259,9 @@ class CharLMTask:
         return {"smooth_loss": self.smooth_loss}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
-        """The names written so far (sample ``names``); at the end also bits_per_char and the table names_by_step."""
+        """The names written so far (sample ``names``); at the end also bits_per_char, the table names_by_step and
+        what the hidden state holds: the units that track the end of a name and vowels (table ``hidden_units``,
+        figure ``telling_units``)."""
         self.written.append(Written(step, self.smooth_loss, self.write()))
         samples = {"names": "\n".join(map(str, self.written))}
         if not final:
@@ -268,7 +273,25 @@ class CharLMTask:
         }
         metrics = {"bits_per_char": self.bits_per_char()}
         figures = {"smooth_loss": partial(self.smooth_loss_figure, history)}
-        return Evaluation(metrics=metrics, samples=samples, tables={"names_by_step": table}, figures=figures)
+        tables = {"names_by_step": table}
+        h, signals = self.hidden_states_and_signals()
+        mask = self.data.everything.mask > 0
+        tracked = [tracking(h[mask], s[mask], name) for name, s in signals.items() if np.ptp(s[mask]) > 0]
+        if tracked:
+            tables["hidden_units"] = tracking_table(tracked)
+            shown = np.linspace(0, len(self.data.names) - 1, min(SHOWN_NAMES, len(self.data.names))).astype(int)
+            names = [self.data.names[i] for i in shown]
+            figures["telling_units"] = partial(telling_units_figure, names, h[shown], tracked)
+        return Evaluation(metrics=metrics, samples=samples, tables=tables, figures=figures)
+
+    def hidden_states_and_signals(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """h_k (N, T, H) of every name read from the zero state, and what a unit may track at each step k (N, T):
+        the end of a name (t_k is the newline: x_k is its last character) and a vowel (x_k is one of aeiou)."""
+        whole = self.data.everything
+        _, _, (_, h) = self.model.outputs(whole.inputs)
+        read = whole.inputs.any(axis=-1)  # x_0 is the start (no character)
+        vowel = read & np.isin(self.data.vocabulary[whole.inputs.argmax(axis=-1)], list(VOWELS))
+        return h, {"the end of a name": (whole.targets == 0).astype(float), "a vowel": vowel.astype(float)}
 
     def smooth_loss_figure(self, history: Mapping[str, Sequence[float]]):
         """The smoothed loss as the tutorial prints it, with the names written along the way."""
@@ -347,6 +370,26 @@ class CharLMTask:
             kth = np.partition(z, -k, axis=-1)[:, [-k]]  # the k-th largest logit
             z = np.where(z >= kth, z, -np.inf)
         return np.exp(log_softmax(z))
+
+
+def telling_units_figure(names: Sequence[str], h: np.ndarray, tracked: Sequence[Tracked]):
+    """Names written out with each character coloured by a telling unit's h_k after reading it (Karpathy, "The
+    Unreasonable Effectiveness of Recurrent Neural Networks"): one panel per unit, red where it is high."""
+    from matplotlib.figure import Figure
+
+    longest = max(map(len, names))
+    figure = Figure(figsize=(0.3 * longest + 2.5, 0.3 * len(names) * len(tracked) + 0.9 * len(tracked) + 0.5))
+    for ax, unit in zip(figure.subplots(len(tracked), 1, squeeze=False)[:, 0], tracked, strict=True):
+        shown = np.full((len(names), longest), np.nan)
+        for row, name in enumerate(names):
+            shown[row, : len(name)] = h[row, 1 : len(name) + 1, unit.unit]  # x_k = name[k - 1]
+            for column, character in enumerate(name):
+                ax.text(column, row, character, ha="center", va="center", fontsize=9, family="monospace")
+        ax.imshow(shown, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        ax.set_axis_off()
+        ax.set_title(f"unit {unit.unit}: {unit.signal} (r = {unit.r:.2f})", fontsize=9, loc="left")
+    figure.suptitle("each character coloured by a unit's state after reading it (red +1, blue -1)", fontsize=10)
+    return figure
 
 
 def course_weights(cell: Params, readout: Params) -> None:

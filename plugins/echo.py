@@ -45,6 +45,7 @@ from omegaconf import OmegaConf
 from framework.core.config import param
 from framework.core.data import generator_param
 from framework.core.errors import ConfigError
+from framework.core.hidden import Tracked, tracking, tracking_table, unit_correlations
 from framework.core.hookspecs import hookimpl
 from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
@@ -248,10 +249,11 @@ class EchoTask:
     def trace(self, loss: float) -> dict[str, float]:
         return {}
 
-    def echoes(self, inputs: np.ndarray) -> np.ndarray:
-        """argmax_k p_t[k] for every step of every row, from the zero state: the bits echoed."""
-        logits, _, _ = self.model.outputs(inputs)
-        return logits.argmax(axis=-1)
+    def echoes(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """argmax_k p_t[k] for every step of every row, from the zero state: the bits echoed; and the hidden states
+        h_t (rows, n, H) they are read from."""
+        logits, _, (_, h) = self.model.outputs(inputs)
+        return logits.argmax(axis=-1), h
 
     def example(self) -> dict[str, list]:
         """A request: bit strings to echo."""
@@ -265,21 +267,22 @@ class EchoTask:
             if not isinstance(bits, str) or not bits or set(bits) - {"0", "1"}:
                 raise ValueError(f"bits={bits!r}: expected a non-empty string of 0s and 1s")
             x = np.array([float(b) for b in bits], dtype=self.dtype)[None, :, None]
-            echoes.append(bit_text(self.echoes(x)[0]))
+            echoes.append(bit_text(self.echoes(x)[0][0]))
         return {"echo": echoes}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
         """``accuracy`` on a fresh series of the tutorial's 5 rows; its last window as text (and figures at the end).
 
-        Asks to stop once the echo is learnt (see :func:`learnt`).
+        Asks to stop once the echo is learnt (see :func:`learnt`). At the end also what the hidden state holds: the
+        unit that tracks the input echo_step steps back (table ``hidden_units``, in figure ``window``).
         """
         inputs, targets = self.data.series(ROWS, self.eval_rng)
-        predictions = self.echoes(inputs)
-        window = self.data.config.window
+        predictions, h = self.echoes(inputs)
+        window, echo_step = self.data.config.window, self.data.config.echo_step
         start = inputs.shape[1] // window * window - window  # the last whole window of the rows
         steps = slice(start, start + window)
         last = (inputs[:, steps, 0], targets[:, steps], predictions[:, steps])
-        accuracy = echo_accuracy(predictions, targets, self.data.config.echo_step)
+        accuracy = echo_accuracy(predictions, targets, echo_step)
         self.accuracies.append(accuracy)
         evaluation = Evaluation(
             metrics={"accuracy": accuracy},
@@ -287,9 +290,13 @@ class EchoTask:
             stop=learnt(self.accuracies, self.config.stop_accuracy, self.config.patience),
         )
         if final:
+            x, units = inputs[..., 0], h.shape[-1]
+            back = f"the input {echo_step} steps back"
+            tracked = tracking(h[:, echo_step:].reshape(-1, units), x[:, :-echo_step].reshape(-1), back)
+            evaluation.tables["hidden_units"] = tracking_table([tracked])
             evaluation.figures = {
                 "loss": partial(loss_figure, history["loss"]),
-                "window": partial(window_figure, *last, start),
+                "window": partial(window_figure, *last, start, h[:, steps], lag_correlations(h, x, echo_step), tracked),
             }
         return evaluation
 
@@ -318,20 +325,62 @@ def loss_figure(losses: Sequence[float]):
     return figure
 
 
-def window_figure(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarray, start: int):
-    """The tutorial's picture: for each row, bars of the input (blue), the target (red) and the prediction (green)."""
-    from matplotlib.figure import Figure
+def lag_correlations(h: np.ndarray, x: np.ndarray, echo_step: int) -> np.ndarray:
+    """r[u, k] = corr(h_t[u], x_(t-k)) of every unit u and lag k = 0..echo_step, over every row and every step
+    t >= echo_step: h (rows, n, H), x (rows, n) -> (H, echo_step + 1)."""
+    n, now = x.shape[1], h[:, echo_step:].reshape(-1, h.shape[-1])
+    return np.stack(
+        [unit_correlations(now, x[:, echo_step - k : n - k].reshape(-1)) for k in range(echo_step + 1)], axis=1
+    )
 
-    figure = Figure(figsize=(8, 1.6 * len(inputs) + 0.6), layout="constrained")
+
+def window_figure(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    start: int,
+    hidden: np.ndarray,
+    lags: np.ndarray,
+    tracked: Tracked,
+):
+    """The tutorial's picture: for each row, bars of the input (blue), the target (red) and the prediction (green),
+    with the hidden state h_t of every unit under them; beside them corr(h_t[u], x_(t-k)) of every unit and lag k,
+    over the whole series: the unit that holds the bit echo_step steps back is marked."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    rows, units, echo_step = len(inputs), hidden.shape[-1], lags.shape[1] - 1
+    figure = Figure(figsize=(11, 2.4 * rows + 0.8), layout="constrained")
+    grid = figure.add_gridspec(2 * rows, 2, width_ratios=(4, 1.3), height_ratios=(1, 0.9) * rows)
     steps = np.arange(start, start + inputs.shape[1])
-    for r, ax in enumerate(np.atleast_1d(figure.subplots(len(inputs), 1, sharex=True))):
-        ax.bar(steps, inputs[r], width=1.0, color="blue", label="input")
-        ax.bar(steps, targets[r] * 0.5, width=0.8, color="red", label="target (echo)")
-        ax.bar(steps, predictions[r] * 0.3, width=0.6, color="green", label="prediction")
-        ax.set(ylim=(0, 1.05), yticks=[], ylabel=f"row {r + 1}")
-    ax.set_xlabel("step")
-    figure.axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    figure.suptitle("the last window of a fresh series")
+    extent = (start - 0.5, steps[-1] + 0.5, -0.5, units - 0.5)
+    for r in range(rows):
+        bars = figure.add_subplot(grid[2 * r, 0])
+        bars.bar(steps, inputs[r], width=1.0, color="blue", label="input")
+        bars.bar(steps, targets[r] * 0.5, width=0.8, color="red", label="target (echo)")
+        bars.bar(steps, predictions[r] * 0.3, width=0.6, color="green", label="prediction")
+        bars.set(ylim=(0, 1.05), yticks=[], ylabel=f"row {r + 1}", xlim=extent[:2])
+        bars.tick_params(labelbottom=False)
+        state = figure.add_subplot(grid[2 * r + 1, 0], sharex=bars)
+        image = state.imshow(hidden[r].T, aspect="auto", origin="lower", extent=extent, cmap="RdBu_r", vmin=-1, vmax=1)
+        state.set(ylabel="unit", yticks=range(units) if units <= 8 else None)
+    state.set_xlabel("step")
+    figure.colorbar(image, ax=figure.axes, location="left", shrink=0.3, label="$h_t$ of a unit")
+    figure.axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3, fontsize=8)
+    memory = figure.add_subplot(grid[:, 1])
+    shown = memory.imshow(lags, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
+    memory.set(
+        xlabel="k: the input k steps back",
+        ylabel="unit",
+        xticks=range(echo_step + 1),
+        yticks=range(units) if units <= 8 else None,
+        title=f"corr($h_t$, $x_{{t-k}}$)\nunit {tracked.unit} holds $x_{{t-{echo_step}}}$: r = {tracked.r:.2f}\n"
+        f"the best direction of h: R = {tracked.direction_r:.2f}",
+    )
+    memory.title.set_fontsize(9)
+    memory.add_patch(Rectangle((echo_step - 0.5, tracked.unit - 0.5), 1, 1, fill=False, lw=2, color="black"))
+    figure.colorbar(shown, ax=memory, location="bottom", label="correlation")
+    figure.suptitle("the last window of a fresh series, and the hidden state that echoes it")
     return figure
 
 
