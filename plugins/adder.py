@@ -358,7 +358,8 @@ def carry_figure(h: np.ndarray, carry: np.ndarray, tracked: Tracked):
 
     bits, units, u = carry.shape[1], h.shape[-1], tracked.unit
     r = np.stack([unit_correlations(h[:, k], carry[:, k]) for k in range(bits)], axis=1)  # (H, bits)
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    figure = Figure(figsize=(11, 4.2))
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.85, wspace=0.25)
     left, right = figure.subplots(1, 2)
     extent = (-0.5, bits - 0.5, -0.5, units - 0.5)
     image = left.imshow(r, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", origin="lower", extent=extent)

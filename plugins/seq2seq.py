@@ -364,7 +364,8 @@ def encoder_states_figure(pairs: Sequence[tuple[str, str]], coordinates: np.ndar
     axes, each word joined to its opposite."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.5, 5.5), layout="constrained")
+    figure = Figure(figsize=(6.5, 5.5))
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.1, top=0.93)
     ax = figure.subplots()
     count = len(pairs)
     for k, (source, target) in enumerate(pairs):

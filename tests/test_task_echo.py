@@ -123,12 +123,11 @@ def test_a_unit_holds_the_bit_it_echoes_and_the_window_shows_the_hidden_state(co
     assert units["signal"] == ["the input 3 steps back"]
     assert abs(units["r"][0]) > 0.9 and units["direction_r"][0] > 0.98
     figure = final.figures["window"]()
-    lag_axis = "k: the input k steps back"
-    bars = [ax for ax in figure.axes if ax.patches and not ax.images]
-    states = [ax for ax in figure.axes if ax.images and ax.get_ylabel() == "unit" and ax.get_xlabel() != lag_axis]
-    assert len(bars) == len(states) == 5
-    assert all(ax.images[0].get_array().shape == (4, 15) for ax in states)  # units x the window's steps
-    (memory,) = [ax for ax in figure.axes if ax.get_xlabel() == lag_axis]
+    rows = [ax for ax in figure.axes if ax.get_ylabel().startswith("row ")]
+    assert [ax.get_ylabel() for ax in rows] == [f"row {r}" for r in range(1, 6)]
+    assert all(len(ax.patches) == 3 * 15 for ax in rows)  # the bars of input, target and prediction
+    assert all(ax.images[0].get_array().shape == (4, 15) for ax in rows)  # under them: units x the window's steps
+    (memory,) = [ax for ax in figure.axes if ax.get_xlabel() == "k: the input k steps back"]
     lags = memory.images[0].get_array()
     assert lags.shape == (4, 4) and lags[units["unit"][0], 3] == pytest.approx(units["r"][0], abs=5e-5)
     assert f"unit {units['unit'][0]} holds" in memory.get_title()

@@ -59,23 +59,28 @@ def figures(model: Any, batch: Batch | None, task: str) -> dict[str, Callable[[]
 
 def heatmaps(values: dict[str, np.ndarray], task: str):
     """One heatmap per quantity (T, H): units (y) over time steps t = 1..T (x); the gates on [0, 1], the states on a
-    diverging scale symmetric about 0."""
+    diverging scale symmetric about 0, each panel's scale in its title.
+
+    Panels on a grid with fixed margins and no colour bars: the layout engine and a colour bar per panel took 0.6 s
+    of the 0.9 s of an LSTM's five panels.
+    """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 1.0 + 1.6 * len(values)), layout="constrained")
+    height = 1.1 + 1.4 * len(values)  # inches: 0.5 for the x axis, 0.6 for the title, 1.4 a panel
+    figure = Figure(figsize=(8, height))
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / height, top=1 - 0.75 / height, hspace=0.45)
     axes = figure.subplots(len(values), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, v) in zip(axes, values.items(), strict=True):
         steps, units = v.shape
         if name in GATES:
-            scale = {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}
+            scale, legend = {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}, "dark 0, yellow 1"
         else:
             bound = float(np.max(np.abs(v))) or 1.0
-            scale = {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
+            scale, legend = {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}, f"blue {-bound:.3g}, red {bound:.3g}"
         extent = (0.5, steps + 0.5, -0.5, units - 0.5)
-        image = ax.imshow(v.T, aspect="auto", interpolation="nearest", origin="lower", extent=extent, **scale)
-        figure.colorbar(image, ax=ax, label=f"${name}_t$")
+        ax.imshow(v.T, aspect="auto", interpolation="nearest", origin="lower", extent=extent, **scale)
         ax.set_ylabel("unit")
-        ax.set_title(f"{GATES.get(name) or STATES.get(name, name)} ${name}_t$", fontsize=9, loc="left")
+        ax.set_title(f"{GATES.get(name) or STATES.get(name, name)} ${name}_t$ ({legend})", fontsize=9, loc="left")
     axes[-1].set_xlabel("time step t")
     figure.suptitle(f"{task}: what the hidden units do over one sequence")
     return figure
