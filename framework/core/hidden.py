@@ -104,9 +104,13 @@ def unit_correlations(h: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def direction_correlation(h: np.ndarray, s: np.ndarray) -> float:
-    """R = corr(h w + b, s), (w, b) = argmin ||[h 1] (w, b) - s||^2: how well any direction of the state tracks s."""
+    """R = corr(h w + b, s), (w, b) = argmin ||[h 1] (w, b) - s||^2: how well any direction of the state tracks s.
+
+    The fit solves the normal equations X^T X (w, b) = X^T s, X = [h 1], by least squares (X^T X may be singular):
+    a (H+1, H+1) system, where lstsq on X itself took 0.23 s of the adder's 114688 x 17.
+    """
     features = np.column_stack([h, np.ones(len(h))])
-    fit, *_ = np.linalg.lstsq(features, s, rcond=None)
+    fit, *_ = np.linalg.lstsq(features.T @ features, features.T @ s, rcond=None)
     return float(unit_correlations((features @ fit)[:, None], s)[0])
 
 
