@@ -109,7 +109,7 @@ class AdditionDataset:
         training step.
         """
         if self.tutorial is not None:
-            yield from self.tutorial_pairs()
+            yield from self.tutorial_pairs()  # endless
         if batch_size == 0:
             if self.numbers**2 > FULL_BATCH_LIMIT:
                 accepted = f"a batch size > 0 (0 means every one of the {self.numbers**2} pairs at every step)"
