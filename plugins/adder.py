@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from framework.core.config import param
+from framework.core.data import generator_param
 from framework.core.errors import ConfigError
+from framework.core.hidden import Tracked, tracking, tracking_table, unit_correlations
 from framework.core.hookspecs import hookimpl
-from framework.core.protocols import Batch, Evaluation, Parts, Reference
+from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
 from framework.nn.functions import sigmoid
 from framework.nn.init import InitConfig
@@ -53,6 +56,13 @@ class AdditionConfig:
     """Random pairs a, b < 2^(bits-1) and their sum c = a + b, in binary, least significant bit first."""
 
     bits: int = param(8, ge=2, le=62, doc="bits of the sum c; a and b are drawn uniformly from [0, 2^(bits-1))")
+    generator: str = generator_param(
+        "the weights U, V, W as 2*np.random.random(shape) - 1, then np.random.randint(128) for a, then b, every step"
+    )
+
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The tutorial's 8-bit sums, one pair per step, learnt by its sigmoid cell."""
+        return {"dataset.bits": 8, "train.batch_size": 1, "cell": "rnn"}
 
 
 class AdditionDataset:
@@ -60,12 +70,13 @@ class AdditionDataset:
 
     ``batches(B)`` draws B fresh pairs for every step (the tutorial: B = 1);
     ``batches(0)`` is every one of the 4^(bits-1) pairs at every step (full batch).
+    With the tutorial's stream ``tutorial``, every step's pair is the tutorial's (:meth:`tutorial_pairs`).
     """
 
     input_size = 2
 
-    def __init__(self, bits: int, dtype: np.dtype) -> None:
-        self.bits, self.dtype = bits, dtype
+    def __init__(self, bits: int, dtype: np.dtype, tutorial: np.random.RandomState | None = None) -> None:
+        self.bits, self.dtype, self.tutorial = bits, dtype, tutorial
         self.numbers = 2 ** (bits - 1)  # a and b are in [0, numbers)
 
     def encode(self, a: np.ndarray, b: np.ndarray) -> Batch:
@@ -97,6 +108,8 @@ class AdditionDataset:
         and encoded at once: drawing and encoding each step's took 12 us, a fifth of the tutorial's
         training step.
         """
+        if self.tutorial is not None:
+            yield from self.tutorial_pairs()  # endless
         if batch_size == 0:
             if self.numbers**2 > FULL_BATCH_LIMIT:
                 accepted = f"a batch size > 0 (0 means every one of the {self.numbers**2} pairs at every step)"
@@ -110,13 +123,31 @@ class AdditionDataset:
             for inputs, targets in zip(drawn.inputs, drawn.targets, strict=True):
                 yield Batch(inputs, targets)
 
+    def tutorial_pairs(self) -> Iterator[Batch]:
+        """One pair per step, drawn as the tutorial draws it at every iteration (Trask, "Anyone Can Learn To Code an
+        LSTM-RNN in Python"): ``a_int = np.random.randint(largest_number/2)``, then ``b_int`` likewise."""
+        while True:
+            a_int = self.tutorial.randint(self.numbers)
+            b_int = self.tutorial.randint(self.numbers)
+            yield self.encode(np.array([a_int]), np.array([b_int]))
 
-def make_addition(config: AdditionConfig, rng: np.random.Generator, dtype: np.dtype) -> AdditionDataset:
+    def next_tutorial_pair(self) -> tuple[int, int]:
+        """The pair (a, b) the tutorial's stream gives the next step, left undrawn: the one the tutorial prints when
+        it reaches that iteration."""
+        peek = np.random.RandomState()
+        peek.set_state(self.tutorial.get_state())
+        return int(peek.randint(self.numbers)), int(peek.randint(self.numbers))
+
+
+def make_addition(
+    config: AdditionConfig, rng: np.random.Generator | np.random.RandomState, dtype: np.dtype
+) -> AdditionDataset:
     """a, b ~ U{0, ..., 2^(bits-1) - 1}, c = a + b;  x_k = (a_k, b_k), t_k = c_k, bit k = 0 (least significant) first.
 
-    Bit k of n is n_k = floor(n / 2^k) mod 2.
+    Bit k of n is n_k = floor(n / 2^k) mod 2. ``generator=tutorial``: ``rng`` is the tutorial's stream, which
+    draws every step's pair (the batch stream's generator is not used).
     """
-    return AdditionDataset(config.bits, dtype)
+    return AdditionDataset(config.bits, dtype, rng if config.generator == "tutorial" else None)
 
 
 @dataclass
@@ -130,7 +161,12 @@ class AdderConfig:
         ge=1,
         doc="accuracy over every pair if there are at most this many, else over this many fixed random ones",
     )
-    shown: int = param(4, ge=0, doc="random evaluation pairs printed at every evaluation, as the tutorial")
+    shown: int = param(
+        4,
+        ge=0,
+        doc="random evaluation pairs printed at every evaluation, as the tutorial (dataset.generator=tutorial: the "
+        "tutorial's own pair of that iteration)",
+    )
     stop_when_solved: bool = param(
         True,
         doc="stop training at the first evaluation with accuracy 1 (the tutorial trains on: false; then seeds 8 and "
@@ -168,10 +204,14 @@ class AdderTask:
         init = InitConfig(scheme="uniform", low=-config.readout_scale, high=config.readout_scale)
         readout = Dense(config.hidden_size, 1, False, init, parts.rng("readout"), parts.dtype)
         self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
+        if parts.tutorial is not None:
+            tutorial_weights(parts.tutorial, cell.params, readout.params)
         self.a, self.b = self.evaluation_pairs(parts.rng("eval"))
         self.every_pair = len(self.a) == self.data.numbers**2
         self.pairs = self.data.encode(self.a, self.b)
         self.show_rng = parts.rng("samples")
+        # the tutorial's printout so far: what it prints at iterations 0, eval_every, 2 eval_every, ...
+        self.printed = [] if self.data.tutorial is None else [self.sums_text(0, self.tutorial_sum())]
 
     def evaluation_pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Every pair when there are at most ``eval_pairs``, else ``eval_pairs`` random ones drawn once."""
@@ -184,8 +224,12 @@ class AdderTask:
         return {}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
-        """accuracy, bit_accuracy and error over the evaluation pairs in one forward pass; a few of them printed."""
-        y, predicted = self.read(self.pairs.inputs)
+        """accuracy, bit_accuracy and error over the evaluation pairs in one forward pass; a few of them printed.
+
+        At the end also what the hidden state holds: the unit that tracks the carry (table ``hidden_units``, figure
+        ``carry``).
+        """
+        y, predicted, h = self.read(self.pairs.inputs)
         t = self.pairs.targets[..., 0]
         bits_right = predicted == t
         right = bits_right.all(axis=1)
@@ -195,21 +239,36 @@ class AdderTask:
             "bit_accuracy": float(bits_right.mean()),
             "error": float(error.mean()),
         }
-        shown = self.show_rng.choice(len(self.a), size=min(self.config.shown, len(self.a)), replace=False)
-        table = self.sums_table(shown, predicted, error, right)
-        figures = {"right_sums": partial(self.right_sums_figure, right)} if final and self.every_pair else {}
-        return Evaluation(
+        if self.data.tutorial is None:
+            shown = self.show_rng.choice(len(self.a), size=min(self.config.shown, len(self.a)), replace=False)
+            table = self.sums_table(self.a[shown], self.b[shown], y[shown])
+            text = self.sums_text(step, table)
+        else:
+            table = self.tutorial_sum()
+            self.printed.append(self.sums_text(step, table))
+            text = "------------\n".join(self.printed)
+        evaluation = Evaluation(
             metrics=metrics,
-            samples={"sums": self.sums_text(step, table)},
+            samples={"sums": text},
             tables={"sums": table},
-            figures=figures,
             stop=self.config.stop_when_solved and metrics["accuracy"] == 1.0,
         )
+        if final:
+            carry = carries(self.a, self.b, self.data.bits)
+            held = (h[:, :-1].reshape(-1, h.shape[-1]), carry[:, :-1].reshape(-1))  # the last step has no next bit
+            tracked = tracking(*held, "the carry out of bit k")
+            evaluation.tables["hidden_units"] = tracking_table([tracked])
+            evaluation.figures["carry"] = partial(carry_figure, h, carry, tracked)
+            if self.every_pair:
+                evaluation.figures["right_sums"] = partial(self.right_sums_figure, right)
+        return evaluation
 
-    def read(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """y_t = sigmoid(z_t) of every pair and bit (P, bits), and the bits it predicts: 1 where y_t > 0.5."""
-        y = sigmoid(self.model.outputs(inputs)[0][..., 0])
-        return y, (y > 0.5).astype(np.int64)
+    def read(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """y_t = sigmoid(z_t) of every pair and bit (P, bits), the bits it predicts (1 where y_t > 0.5), and the
+        hidden states h_t (P, bits, H)."""
+        z, _, (_, h) = self.model.outputs(inputs)
+        y = sigmoid(z[..., 0])
+        return y, (y > 0.5).astype(np.int64), h
 
     def example(self) -> dict[str, list]:
         """A request: pairs (a, b) to add, the largest included."""
@@ -229,22 +288,31 @@ class AdderTask:
             outside = (values < 0) | (values >= self.data.numbers)
             if outside.any():
                 raise ValueError(f"{name}={values[outside][0]}: expected {accepted}")
-        _, predicted = self.read(self.data.encode(pair["a"], pair["b"]).inputs)
+        _, predicted, _ = self.read(self.data.encode(pair["a"], pair["b"]).inputs)
         return {"sum": from_bits(predicted).tolist()}
 
-    def sums_table(self, shown: np.ndarray, predicted: np.ndarray, error: np.ndarray, right: np.ndarray) -> dict:
-        """The ``shown`` pairs: a, b, a + b, the network's out = sum_k pred_k 2^k, the bits, the error, right or not."""
-        t = self.pairs.targets[shown, :, 0]
+    def sums_table(self, a: np.ndarray, b: np.ndarray, y: np.ndarray) -> dict:
+        """The pairs (a, b) and the network's outputs y (P, bits) on them: a, b, a + b, the network's
+        out = sum_k pred_k 2^k (pred_k = 1 where y_k > 0.5), the bits, the error sum_k |t_k - y_k|, right or not."""
+        t = to_bits(a + b, self.data.bits)
+        predicted = (y > 0.5).astype(np.int64)
         return {
-            "a": self.a[shown].tolist(),
-            "b": self.b[shown].tolist(),
-            "a + b": (self.a[shown] + self.b[shown]).tolist(),
-            "out": from_bits(predicted[shown]).tolist(),
-            "pred": [bit_string(d) for d in predicted[shown]],
+            "a": a.tolist(),
+            "b": b.tolist(),
+            "a + b": (a + b).tolist(),
+            "out": from_bits(predicted).tolist(),
+            "pred": [bit_string(d) for d in predicted],
             "true": [bit_string(d) for d in t],
-            "error": [round(float(e), 4) for e in error[shown]],
-            "right": right[shown].tolist(),
+            "error": [round(float(e), 8) for e in np.abs(t - y).sum(axis=1)],
+            "right": (predicted == t).all(axis=1).tolist(),
         }
+
+    def tutorial_sum(self) -> dict:
+        """The sum the tutorial prints now: the pair its stream gives the next step, with the network's outputs on
+        it (the tutorial prints the pair of iteration j before it trains on it)."""
+        a, b = (np.array([n]) for n in self.data.next_tutorial_pair())
+        y, _, _ = self.read(self.data.encode(a, b).inputs)
+        return self.sums_table(a, b, y)
 
     def sums_text(self, step: int, table: dict) -> str:
         """The tutorial's printout for each shown pair: Error, Pred, True and 'a + b = out', marked right or wrong."""
@@ -274,6 +342,55 @@ class AdderTask:
         ax.imshow(right.reshape(n, n), cmap=ListedColormap(["tab:red", "tab:green"]), vmin=0, vmax=1, origin="lower")
         ax.set(xlabel="b", ylabel="a", title=f"a + b right (green): {right.mean():.2%} of {n}x{n} pairs")
         return figure
+
+
+def carries(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
+    """The carry out of every bit position k of a + b, what h_k must hold for bit k + 1:
+    c_k = floor((a mod 2^(k+1) + b mod 2^(k+1)) / 2^(k+1)), shape (P, bits)."""
+    span = 2 ** np.arange(1, bits + 1, dtype=np.int64)
+    return (a[:, None] % span + b[:, None] % span) // span
+
+
+def carry_figure(h: np.ndarray, carry: np.ndarray, tracked: Tracked):
+    """Left: corr(h_u, c_k) of every unit u at every bit position k. Right: the tracking unit's activation at each
+    position, for the pairs whose carry out of it is 0 and 1 (median, and the 5-95% band)."""
+    from matplotlib.figure import Figure
+
+    bits, units, u = carry.shape[1], h.shape[-1], tracked.unit
+    r = np.stack([unit_correlations(h[:, k], carry[:, k]) for k in range(bits)], axis=1)  # (H, bits)
+    figure = Figure(figsize=(11, 4.2))
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.85, wspace=0.25)
+    left, right = figure.subplots(1, 2)
+    extent = (-0.5, bits - 0.5, -0.5, units - 0.5)
+    image = left.imshow(r, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", origin="lower", extent=extent)
+    figure.colorbar(image, ax=left, label="corr($h_u$, carry out of bit k)")
+    left.axhline(u - 0.5, color="black", lw=0.8)
+    left.axhline(u + 0.5, color="black", lw=0.8)
+    left.set(xlabel="bit position k (0: least significant)", ylabel="unit u", title="every unit against the carry")
+    positions = np.arange(bits)
+    for value, colour in ((0, "tab:blue"), (1, "tab:red")):
+        seen = [h[carry[:, k] == value, k, u] for k in positions]
+        kept = [k for k in positions if len(seen[k])]  # the carry out of the top bit is always 0
+        low, median, high = (np.array([np.quantile(seen[k], q) for k in kept]) for q in (0.05, 0.5, 0.95))
+        right.plot(kept, median, "o-", color=colour, label=f"carry {value}")
+        right.fill_between(kept, low, high, color=colour, alpha=0.2)
+    right.set(
+        xlabel="bit position k",
+        ylabel=f"$h_k$ of unit {u}",
+        title=f"unit {u} tracks the carry: r = {tracked.r:.3f}; the best direction of h: R = {tracked.direction_r:.3f}",
+    )
+    right.title.set_fontsize(9)
+    right.legend(fontsize=8)
+    figure.suptitle("what the hidden state holds: the carry")
+    return figure
+
+
+def tutorial_weights(stream: np.random.RandomState, cell: Params, readout: Params) -> None:
+    """U, V, W drawn as the tutorial draws them, in its order, each 2 * np.random.random(shape) - 1 ~ U(-1, 1):
+    synapse_0 = U (input -> hidden, the cell's Wx), synapse_1 = V (hidden -> output, the readout's W),
+    synapse_h = W (hidden -> hidden, the cell's Wh)."""
+    for params, name in ((cell, "Wx"), (readout, "W"), (cell, "Wh")):
+        params[name][...] = 2 * stream.random(params[name].shape) - 1
 
 
 @hookimpl

@@ -20,15 +20,17 @@ from functools import partial
 from importlib import resources
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from framework.core import seeding
 from framework.core.config import param
-from framework.core.data import available_memory
+from framework.core.data import available_memory, generator_param
 from framework.core.errors import ConfigError
+from framework.core.hidden import Tracked, tracking, tracking_table
 from framework.core.hookspecs import hookimpl
-from framework.core.protocols import Batch, Evaluation, Parts, Reference
+from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
 from framework.nn.functions import log_softmax
 from framework.nn.init import InitConfig
@@ -39,6 +41,8 @@ NEWLINE = "\n"  # ends every name; symbol 0
 MAX_NAMES = 1000  # names a model writes for one request, at most
 TEXT_FILE = "a UTF-8 text file with one example per line"  # what dataset.path accepts
 SMOOTH_START_CHARS = 7  # the tutorial's smoothed loss starts at 7 characters of a uniform guess: 7 log 27 = 23.07
+VOWELS = "aeiou"
+SHOWN_NAMES = 8  # names written out in the figure of the telling units, spread over the data
 
 
 # -- the data ----------------------------------------------------------------
@@ -53,6 +57,14 @@ class NamesConfig:
         file=True,
         doc="a UTF-8 text file with one example per line (relative to the launch directory); null: dinos.txt",
     )
+    generator: str = generator_param(
+        "np.random.shuffle(examples) orders the names (the course seeds it with 0: seed=0); the weights and the "
+        "names written use the course's own seeds (np.random.seed(1), np.random.seed(counter + seed))"
+    )
+
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The course's one name per step, read by its tanh cell."""
+        return {"train.batch_size": 1, "cell": "rnn"}
 
 
 class NamesDataset:
@@ -66,10 +78,11 @@ class NamesDataset:
     once and then repeated, each name starting from the final state of the
     previous one. ``batches(b)`` gives b padded, masked names from the zero
     state, reshuffled every epoch; ``batches(0)`` all of them every step.
+    With the tutorial's stream ``tutorial``, the order is the course's (:meth:`course_order`).
     """
 
-    def __init__(self, names: Sequence[str], dtype: np.dtype) -> None:
-        self.names = list(names)
+    def __init__(self, names: Sequence[str], dtype: np.dtype, tutorial: np.random.RandomState | None = None) -> None:
+        self.names, self.tutorial = list(names), tutorial
         text = NEWLINE.join(self.names) + NEWLINE
         self.vocabulary = np.array([NEWLINE, *sorted(set(text) - {NEWLINE})])
         self.input_size = len(self.vocabulary)
@@ -99,9 +112,17 @@ class NamesDataset:
 
     def one_name_per_step(self, rng: np.random.Generator) -> Iterator[Batch]:
         """The tutorial's order: the names shuffled once, then cycled; the state carried from name to name."""
-        for step, index in enumerate(itertools.cycle(rng.permutation(len(self.names)))):
+        order = rng.permutation(len(self.names)) if self.tutorial is None else self.course_order()
+        for step, index in enumerate(itertools.cycle(order)):
             inputs, targets = self.sequences[index]
             yield Batch(inputs, targets, new_sequence=step == 0)
+
+    def course_order(self) -> list[int]:
+        """The names' order in the course's model(): ``np.random.shuffle(examples)`` on the tutorial's stream (which
+        the course seeds with 0), here on their indices: the same swaps."""
+        order = list(range(len(self.names)))
+        self.tutorial.shuffle(order)
+        return order
 
     def padded(self, indices: np.ndarray) -> Batch:
         """The names ``indices``, padded to the longest of them, with their mask."""
@@ -155,15 +176,17 @@ def check_fits_in_memory(names: Sequence[str], dtype: np.dtype, path: Path, key:
         raise ConfigError(key, str(path), f"{TEXT_FILE} ({size}, more than the {memory / 2**30:.1f} GiB available)")
 
 
-def make_names(config: NamesConfig, rng: np.random.Generator, dtype: np.dtype) -> NamesDataset:
-    """The names of ``config.path``, or the tutorial's dinosaurs shipped with this plugin."""
+def make_names(config: NamesConfig, rng: np.random.Generator | np.random.RandomState, dtype: np.dtype) -> NamesDataset:
+    """The names of ``config.path``, or the tutorial's dinosaurs shipped with this plugin: x = [0] + onehot(name),
+    t = name + newline. ``generator=tutorial``: ``rng`` is the tutorial's stream, which orders the names."""
+    tutorial = rng if config.generator == "tutorial" else None
     if config.path is None:
         with resources.as_file(resources.files("plugins") / "data" / "dinos.txt") as shipped:
-            return NamesDataset(read_names(shipped, "dataset.path"), dtype)
+            return NamesDataset(read_names(shipped, "dataset.path"), dtype, tutorial)
     path = Path(config.path)
     names = read_names(path, "dataset.path")
     check_fits_in_memory(names, np.dtype(dtype), path, "dataset.path")
-    return NamesDataset(names, dtype)
+    return NamesDataset(names, dtype, tutorial)
 
 
 # -- the model and what it writes ---------------------------------------------
@@ -216,7 +239,11 @@ class CharLMTask:
         self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
         self.smooth_loss = SMOOTH_START_CHARS * float(np.log(size))
         # u[i, k]: the random number of the k-th draw of name i, the same at every evaluation
-        self.uniforms = parts.rng("sampling").random((config.samples, config.max_length))
+        if parts.tutorial is None:
+            self.uniforms = parts.rng("sampling").random((config.samples, config.max_length))
+        else:
+            course_weights(cell.params, readout.params)
+            self.uniforms = course_uniforms(config.samples, config.max_length)
         self.written = [Written(0, self.smooth_loss, self.write())]  # the random letters of the start
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
@@ -233,7 +260,9 @@ class CharLMTask:
         return {"smooth_loss": self.smooth_loss}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
-        """The names written so far (sample ``names``); at the end also bits_per_char and the table names_by_step."""
+        """The names written so far (sample ``names``); at the end also bits_per_char, the table names_by_step and
+        what the hidden state holds: the units that track the end of a name and vowels (table ``hidden_units``,
+        figure ``telling_units``)."""
         self.written.append(Written(step, self.smooth_loss, self.write()))
         samples = {"names": "\n".join(map(str, self.written))}
         if not final:
@@ -245,7 +274,25 @@ class CharLMTask:
         }
         metrics = {"bits_per_char": self.bits_per_char()}
         figures = {"smooth_loss": partial(self.smooth_loss_figure, history)}
-        return Evaluation(metrics=metrics, samples=samples, tables={"names_by_step": table}, figures=figures)
+        tables = {"names_by_step": table}
+        h, signals = self.hidden_states_and_signals()
+        mask = self.data.everything.mask > 0
+        tracked = [tracking(h[mask], s[mask], name) for name, s in signals.items() if np.ptp(s[mask]) > 0]
+        if tracked:
+            tables["hidden_units"] = tracking_table(tracked)
+            shown = np.linspace(0, len(self.data.names) - 1, min(SHOWN_NAMES, len(self.data.names))).astype(int)
+            names = [self.data.names[i] for i in shown]
+            figures["telling_units"] = partial(telling_units_figure, names, h[shown], tracked)
+        return Evaluation(metrics=metrics, samples=samples, tables=tables, figures=figures)
+
+    def hidden_states_and_signals(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """h_k (N, T, H) of every name read from the zero state, and what a unit may track at each step k (N, T):
+        the end of a name (t_k is the newline: x_k is its last character) and a vowel (x_k is one of aeiou)."""
+        whole = self.data.everything
+        _, _, (_, h) = self.model.outputs(whole.inputs)
+        read = whole.inputs.any(axis=-1)  # x_0 is the start (no character)
+        vowel = read & np.isin(self.data.vocabulary[whole.inputs.argmax(axis=-1)], list(VOWELS))
+        return h, {"the end of a name": (whole.targets == 0).astype(float), "a vowel": vowel.astype(float)}
 
     def smooth_loss_figure(self, history: Mapping[str, Sequence[float]]):
         """The smoothed loss as the tutorial prints it, with the names written along the way."""
@@ -279,8 +326,8 @@ class CharLMTask:
         """Names written character by character, all at once: from x_1 = 0 and the zero state, draw
         c_k ~ p_k (with temperature and top-k), feed x_{k+1} = onehot(c_k) back, until a newline or max_length.
 
-        Draw k of name i picks the character where the cumulative p_k first exceeds u[i, k] (what
-        np.random.choice does), with u = ``uniforms`` (names, max_length) of U[0, 1).
+        Draw k of name i picks the character where the cumulative p_k, divided by its last value, first exceeds
+        u[i, k] (what np.random.choice does), with u = ``uniforms`` (names, max_length) of U[0, 1).
         """
         size = self.data.input_size
         x = np.zeros((len(uniforms), 1, size), dtype=self.dtype)
@@ -289,7 +336,8 @@ class CharLMTask:
         for k in range(self.config.max_length):
             z, state, _ = self.model.outputs(x, state)
             cdf = np.cumsum(self.probabilities(z[:, 0], temperature), axis=-1)
-            symbols[:, k] = np.minimum(np.sum(cdf <= uniforms[:, k : k + 1] * cdf[:, -1:], axis=-1), size - 1)
+            cdf /= cdf[:, -1:]
+            symbols[:, k] = np.minimum(np.sum(cdf <= uniforms[:, k : k + 1], axis=-1), size - 1)
             if np.all(np.any(symbols[:, : k + 1] == 0, axis=-1)):
                 break
             x = one_hot(symbols[:, k : k + 1], size, self.dtype)
@@ -323,6 +371,43 @@ class CharLMTask:
             kth = np.partition(z, -k, axis=-1)[:, [-k]]  # the k-th largest logit
             z = np.where(z >= kth, z, -np.inf)
         return np.exp(log_softmax(z))
+
+
+def telling_units_figure(names: Sequence[str], h: np.ndarray, tracked: Sequence[Tracked]):
+    """Names written out with each character coloured by a telling unit's h_k after reading it (Karpathy, "The
+    Unreasonable Effectiveness of Recurrent Neural Networks"): one panel per unit, red where it is high."""
+    from matplotlib.figure import Figure
+
+    longest = max(map(len, names))
+    figure = Figure(figsize=(0.3 * longest + 2.5, 0.3 * len(names) * len(tracked) + 0.9 * len(tracked) + 0.5))
+    for ax, unit in zip(figure.subplots(len(tracked), 1, squeeze=False)[:, 0], tracked, strict=True):
+        shown = np.full((len(names), longest), np.nan)
+        for row, name in enumerate(names):
+            shown[row, : len(name)] = h[row, 1 : len(name) + 1, unit.unit]  # x_k = name[k - 1]
+            for column, character in enumerate(name):
+                ax.text(column, row, character, ha="center", va="center", fontsize=9, family="monospace")
+        ax.imshow(shown, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        ax.set_axis_off()
+        ax.set_title(f"unit {unit.unit}: {unit.signal} (r = {unit.r:.2f})", fontsize=9, loc="left")
+    figure.suptitle("each character coloured by a unit's state after reading it (red +1, blue -1)", fontsize=10)
+    return figure
+
+
+def course_weights(cell: Params, readout: Params) -> None:
+    """The course's initialize_parameters(): np.random.seed(1), then Wax (n_a, n_x), Waa (n_a, n_a) and
+    Wya (n_y, n_a), each np.random.randn(shape) * 0.01; the biases stay 0. Its a = tanh(Wax x + Waa a_prev + b)
+    on column vectors is our h = tanh(x Wx + h_prev Wh + b) on rows: Wx = Wax^T, Wh = Waa^T, and the readout's
+    W = Wya^T."""
+    stream = np.random.RandomState(1)
+    for params, name in ((cell, "Wx"), (cell, "Wh"), (readout, "W")):
+        params[name][...] = (stream.randn(*params[name].shape[::-1]) * 0.01).T
+
+
+def course_uniforms(names: int, length: int) -> np.ndarray:
+    """u[i, k] of the course's sample(): before drawing character k of name i it calls np.random.seed(counter + seed)
+    with counter = k and seed = i + k (both grow by one a character), then np.random.choice(..., p) draws with the
+    first random number of that stream."""
+    return np.array([[np.random.RandomState(2 * k + i).random_sample() for k in range(length)] for i in range(names)])
 
 
 @hookimpl

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from framework.core.config import param
-from framework.core.data import ArrayDataset
+from framework.core.data import ArrayDataset, generator_param
 from framework.core.diagnostics import flow_of
 from framework.core.errors import ConfigError
 from framework.core.hookspecs import hookimpl
@@ -37,12 +38,32 @@ class BitsConfig:
     sequences: int = param(20, ge=1, doc="number of sequences N")
     length: int = param(10, ge=1, doc="bits per sequence n")
     p_one: float = param(0.5, gt=0, lt=1, doc="probability of a one")
+    generator: str = generator_param("each sequence is np.around(np.random.rand(n)), one after the other")
+
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The tutorial's 20 sequences of 10 fair bits, trained on all at once."""
+        return {"dataset.sequences": 20, "dataset.length": 10, "dataset.p_one": 0.5, "train.batch_size": 0}
 
 
-def make_bits(config: BitsConfig, rng: np.random.Generator, dtype: np.dtype) -> ArrayDataset:
-    """x (N, n, 1) with x_k ~ Bernoulli(p), t = sum_k x_k (N, 1)."""
-    bits = (rng.random((config.sequences, config.length)) < config.p_one).astype(dtype)
+def make_bits(config: BitsConfig, rng: np.random.Generator | np.random.RandomState, dtype: np.dtype) -> ArrayDataset:
+    """x (N, n, 1) with x_k ~ Bernoulli(p), t = sum_k x_k (N, 1).
+
+    ``generator=tutorial``: the tutorial's x_k = round(u_k), u_k ~ U[0, 1), drawn row by row from ``rng``, the
+    tutorial's stream.
+    """
+    if config.generator == "tutorial":
+        bits = tutorial_bits(rng, config.sequences, config.length).astype(dtype)
+    else:
+        bits = (rng.random((config.sequences, config.length)) < config.p_one).astype(dtype)
     return ArrayDataset(bits[..., None], bits.sum(axis=1, keepdims=True))
+
+
+def tutorial_bits(stream: np.random.RandomState, sequences: int, length: int) -> np.ndarray:
+    """The tutorial's data set X (N, n), its calls as published (peterroelants.github.io, part 1)."""
+    X = np.zeros((sequences, length))
+    for row_idx in range(sequences):
+        X[row_idx, :] = np.around(stream.rand(length)).astype(int)
+    return X
 
 
 def is_bits(text: str) -> bool:

@@ -37,14 +37,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from framework.core.config import param
+from framework.core.data import generator_param
 from framework.core.errors import ConfigError
+from framework.core.hidden import Tracked, tracking, tracking_table, unit_correlations
 from framework.core.hookspecs import hookimpl
-from framework.core.protocols import Batch, Evaluation, Parts, Reference
+from framework.core.protocols import Batch, Evaluation, Params, Parts, Reference
 from framework.core.registry import Recipe
 from framework.nn.init import InitConfig
 from framework.nn.layers import Dense
@@ -96,6 +99,10 @@ class EchoSeriesConfig:
     total_length: int = param(50000, ge=1, doc="bits per series; a new series is drawn every epoch")
     echo_step: int = param(3, ge=1, doc="the target is the input delayed by this many steps")
     window: int = param(15, ge=2, doc="truncated_backprop_length: steps per window (one update); > echo_step")
+    generator: str = generator_param(
+        "the weights W = np.random.rand(state_size + 1, state_size) and W2 = np.random.rand(state_size, 2), then "
+        "every epoch's series np.random.choice(2, total_length, p=[0.5, 0.5])"
+    )
 
     def __post_init__(self) -> None:
         if self.window <= self.echo_step:
@@ -103,18 +110,36 @@ class EchoSeriesConfig:
                 "window", self.window, f"an integer > echo_step ({self.echo_step}): a window must see what it echoes"
             )
 
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The tutorial's series of 50000 bits in 5 rows, read by its tanh cell."""
+        return {"dataset.total_length": 50000, "train.batch_size": ROWS, "cell": "rnn"}
+
 
 class EchoSeries:
-    """The training stream: a new series every epoch, served window by window."""
+    """The training stream: a new series every epoch, served window by window.
+
+    With the tutorial's stream ``tutorial``, every epoch's series is the tutorial's (:meth:`tutorial_series`).
+    """
 
     input_size = 1
 
-    def __init__(self, config: EchoSeriesConfig, dtype: np.dtype) -> None:
-        self.config, self.dtype = config, dtype
+    def __init__(
+        self, config: EchoSeriesConfig, dtype: np.dtype, tutorial: np.random.RandomState | None = None
+    ) -> None:
+        self.config, self.dtype, self.tutorial = config, dtype, tutorial
 
     def series(self, rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A fresh series cut into ``rows`` rows: inputs (rows, n, 1), integer targets (rows, n)."""
         return echo_series(self.config.total_length, self.config.echo_step, rows, rng, self.dtype)
+
+    def tutorial_series(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tutorial's generateData(), drawn from its stream: x (rows, n, 1), y (rows, n) as :meth:`series`."""
+        x = np.array(self.tutorial.choice(2, self.config.total_length, p=[0.5, 0.5]))
+        y = np.roll(x, self.config.echo_step)
+        y[0 : self.config.echo_step] = 0
+        x = x.reshape((rows, -1))
+        y = y.reshape((rows, -1))
+        return x[..., None].astype(self.dtype), y
 
     def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
         """Window j of every row, j = 0, 1, ...; the state is reset (new_sequence) only at j = 0."""
@@ -126,15 +151,24 @@ class EchoSeries:
             row = self.config.total_length // batch_size
             raise ConfigError("dataset.window", window, f"an integer <= the row length {row} (total_length / rows)")
         while True:
-            inputs, targets = self.series(batch_size, rng)
+            if self.tutorial is None:
+                inputs, targets = self.series(batch_size, rng)
+            else:
+                inputs, targets = self.tutorial_series(batch_size)
             for j in range(windows):
                 steps = slice(j * window, (j + 1) * window)
                 yield Batch(inputs[:, steps], targets[:, steps], new_sequence=j == 0)
 
 
-def make_echo_series(config: EchoSeriesConfig, rng: np.random.Generator, dtype: np.dtype) -> EchoSeries:
-    """The echo stream; its series come from the batch stream's generator (one per epoch)."""
-    return EchoSeries(config, dtype)
+def make_echo_series(
+    config: EchoSeriesConfig, rng: np.random.Generator | np.random.RandomState, dtype: np.dtype
+) -> EchoSeries:
+    """The echo stream; its series come from the batch stream's generator (one per epoch).
+
+    x_k ~ Bernoulli(1/2), y_k = x_{k - echo_step} (0 for k < echo_step), cut into rows then windows.
+    ``generator=tutorial``: from ``rng``, the tutorial's stream, drawn as the tutorial's generateData().
+    """
+    return EchoSeries(config, dtype, rng if config.generator == "tutorial" else None)
 
 
 def echo_accuracy(predictions: np.ndarray, targets: np.ndarray, echo_step: int) -> float:
@@ -198,6 +232,8 @@ class EchoTask:
         cell = parts.make_cell(self.data.input_size, config.state_size)
         readout = Dense(config.state_size, CLASSES, True, READOUT_INIT, parts.rng("readout"), parts.dtype)
         self.model = RecurrentModel(cell, parts.loss, last_only=False, readout=readout)
+        if parts.tutorial is not None:
+            tutorial_weights(parts.tutorial, cell.params, readout.params)
         self.eval_rng = parts.rng("eval")
         self.config, self.dtype = config, parts.dtype
         self.accuracies: list[float] = []  # one per evaluation
@@ -213,10 +249,11 @@ class EchoTask:
     def trace(self, loss: float) -> dict[str, float]:
         return {}
 
-    def echoes(self, inputs: np.ndarray) -> np.ndarray:
-        """argmax_k p_t[k] for every step of every row, from the zero state: the bits echoed."""
-        logits, _, _ = self.model.outputs(inputs)
-        return logits.argmax(axis=-1)
+    def echoes(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """argmax_k p_t[k] for every step of every row, from the zero state: the bits echoed; and the hidden states
+        h_t (rows, n, H) they are read from."""
+        logits, _, (_, h) = self.model.outputs(inputs)
+        return logits.argmax(axis=-1), h
 
     def example(self) -> dict[str, list]:
         """A request: bit strings to echo."""
@@ -230,21 +267,22 @@ class EchoTask:
             if not isinstance(bits, str) or not bits or set(bits) - {"0", "1"}:
                 raise ValueError(f"bits={bits!r}: expected a non-empty string of 0s and 1s")
             x = np.array([float(b) for b in bits], dtype=self.dtype)[None, :, None]
-            echoes.append(bit_text(self.echoes(x)[0]))
+            echoes.append(bit_text(self.echoes(x)[0][0]))
         return {"echo": echoes}
 
     def evaluate(self, step: int, history: Mapping[str, Sequence[float]], final: bool) -> Evaluation:
         """``accuracy`` on a fresh series of the tutorial's 5 rows; its last window as text (and figures at the end).
 
-        Asks to stop once the echo is learnt (see :func:`learnt`).
+        Asks to stop once the echo is learnt (see :func:`learnt`). At the end also what the hidden state holds: the
+        unit that tracks the input echo_step steps back (table ``hidden_units``, in figure ``window``).
         """
         inputs, targets = self.data.series(ROWS, self.eval_rng)
-        predictions = self.echoes(inputs)
-        window = self.data.config.window
+        predictions, h = self.echoes(inputs)
+        window, echo_step = self.data.config.window, self.data.config.echo_step
         start = inputs.shape[1] // window * window - window  # the last whole window of the rows
         steps = slice(start, start + window)
         last = (inputs[:, steps, 0], targets[:, steps], predictions[:, steps])
-        accuracy = echo_accuracy(predictions, targets, self.data.config.echo_step)
+        accuracy = echo_accuracy(predictions, targets, echo_step)
         self.accuracies.append(accuracy)
         evaluation = Evaluation(
             metrics={"accuracy": accuracy},
@@ -252,11 +290,24 @@ class EchoTask:
             stop=learnt(self.accuracies, self.config.stop_accuracy, self.config.patience),
         )
         if final:
+            x, units = inputs[..., 0], h.shape[-1]
+            back = f"the input {echo_step} steps back"
+            tracked = tracking(h[:, echo_step:].reshape(-1, units), x[:, :-echo_step].reshape(-1), back)
+            evaluation.tables["hidden_units"] = tracking_table([tracked])
             evaluation.figures = {
                 "loss": partial(loss_figure, history["loss"]),
-                "window": partial(window_figure, *last, start),
+                "window": partial(window_figure, *last, start, h[:, steps], lag_correlations(h, x, echo_step), tracked),
             }
         return evaluation
+
+
+def tutorial_weights(stream: np.random.RandomState, cell: Params, readout: Params) -> None:
+    """The tutorial's W = np.random.rand(state_size + 1, state_size), then W2 = np.random.rand(state_size, 2):
+    [x_t, h_{t-1}] W is x_t Wx + h_{t-1} Wh, so W's first row is the cell's Wx and its other rows Wh; W2 is the
+    readout's W. The biases stay 0, as the tutorial's."""
+    W = stream.rand(cell["Wh"].shape[0] + 1, cell["Wh"].shape[1])
+    cell["Wx"][...], cell["Wh"][...] = W[:1], W[1:]
+    readout["W"][...] = stream.rand(*readout["W"].shape)
 
 
 def loss_figure(losses: Sequence[float]):
@@ -274,20 +325,64 @@ def loss_figure(losses: Sequence[float]):
     return figure
 
 
-def window_figure(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarray, start: int):
-    """The tutorial's picture: for each row, bars of the input (blue), the target (red) and the prediction (green)."""
-    from matplotlib.figure import Figure
+def lag_correlations(h: np.ndarray, x: np.ndarray, echo_step: int) -> np.ndarray:
+    """r[u, k] = corr(h_t[u], x_(t-k)) of every unit u and lag k = 0..echo_step, over every row and every step
+    t >= echo_step: h (rows, n, H), x (rows, n) -> (H, echo_step + 1)."""
+    n, now = x.shape[1], h[:, echo_step:].reshape(-1, h.shape[-1])
+    return np.stack(
+        [unit_correlations(now, x[:, echo_step - k : n - k].reshape(-1)) for k in range(echo_step + 1)], axis=1
+    )
 
-    figure = Figure(figsize=(8, 1.6 * len(inputs) + 0.6), layout="constrained")
+
+def window_figure(
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    start: int,
+    hidden: np.ndarray,
+    lags: np.ndarray,
+    tracked: Tracked,
+):
+    """The tutorial's picture: for each row, bars of the input (blue), the target (red) and the prediction (green),
+    with the hidden state h_t of every unit under them; beside them corr(h_t[u], x_(t-k)) of every unit and lag k,
+    over the whole series: the unit that holds the bit echo_step steps back is marked.
+
+    A row's bars and states share one axes (bars above 0, a unit's states in a band below) on a grid with fixed
+    margins: the layout engine and twice the axes took 0.6 s of its 0.8 s.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    rows, units, echo_step = len(inputs), hidden.shape[-1], lags.shape[1] - 1
+    figure = Figure(figsize=(11, 1.8 * rows + 1.0))
+    grid = figure.add_gridspec(
+        rows, 2, width_ratios=(4, 1.2), left=0.07, right=0.97, bottom=0.07, top=0.88, wspace=0.15, hspace=0.12
+    )
     steps = np.arange(start, start + inputs.shape[1])
-    for r, ax in enumerate(np.atleast_1d(figure.subplots(len(inputs), 1, sharex=True))):
+    unit_ticks = (-1.0 + (np.arange(units) + 0.5) / units) if units <= 8 else []
+    for r in range(rows):
+        ax = figure.add_subplot(grid[r, 0])
         ax.bar(steps, inputs[r], width=1.0, color="blue", label="input")
         ax.bar(steps, targets[r] * 0.5, width=0.8, color="red", label="target (echo)")
         ax.bar(steps, predictions[r] * 0.3, width=0.6, color="green", label="prediction")
-        ax.set(ylim=(0, 1.05), yticks=[], ylabel=f"row {r + 1}")
-    ax.set_xlabel("step")
-    figure.axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    figure.suptitle("the last window of a fresh series")
+        extent = (start - 0.5, steps[-1] + 0.5, -1.0, 0.0)
+        ax.imshow(hidden[r].T, aspect="auto", origin="lower", extent=extent, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set(xlim=extent[:2], ylim=(-1.0, 1.05), ylabel=f"row {r + 1}")
+        ax.set_yticks(unit_ticks, [f"unit {u}" for u in range(len(unit_ticks))], fontsize=7)
+        ax.tick_params(labelbottom=r == rows - 1)
+    ax.set_xlabel("step (under the bars: each unit's $h_t$, red +1, blue -1)")
+    figure.axes[0].legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3, fontsize=8)
+    memory = figure.add_subplot(grid[1:-1, 1] if rows > 2 else grid[:, 1])
+    memory.imshow(lags, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
+    memory.set(xlabel="k: the input k steps back", ylabel="unit", xticks=range(echo_step + 1))
+    memory.set_yticks(range(units) if units <= 8 else [])
+    memory.set_title(
+        f"corr($h_t$, $x_{{t-k}}$) (red +1, blue -1)\nunit {tracked.unit} holds $x_{{t-{echo_step}}}$: "
+        f"r = {tracked.r:.2f}\nthe best direction of h: R = {tracked.direction_r:.2f}",
+        fontsize=9,
+    )
+    memory.add_patch(Rectangle((echo_step - 0.5, tracked.unit - 0.5), 1, 1, fill=False, lw=2, color="black"))
+    figure.suptitle("the last window of a fresh series, and the hidden state that echoes it")
     return figure
 
 

@@ -29,7 +29,17 @@ from framework.core.config import param
 from framework.core.data import ArrayDataset
 from framework.core.errors import ConfigError
 from framework.core.hookspecs import hookimpl
-from framework.core.protocols import Batch, Cell, Evaluation, Loss, Parts, Reference, State, StepResult
+from framework.core.protocols import (
+    Batch,
+    Cell,
+    Evaluation,
+    Loss,
+    Parts,
+    Reference,
+    ReportsStates,
+    State,
+    StepResult,
+)
 from framework.core.registry import Recipe
 from framework.nn.functions import softmax
 from framework.nn.init import InitConfig
@@ -150,6 +160,16 @@ class EncoderDecoder:
         h_enc, s, enc_cache = self.encoder.forward(x_enc, state)
         h_dec, final, dec_cache = self.decoder.forward(x_dec, s)
         return self.readout.forward(h_dec), final, (h_enc, enc_cache, h_dec, dec_cache)
+
+    def hidden_states(self, batch: Batch) -> dict[str, np.ndarray] | None:
+        """The states and gates of the encoder's steps then the decoder's (from the encoder's final state), as laid
+        out in the inputs: name -> (B, T_enc + T_dec, H); None when a cell does not report them."""
+        if not (isinstance(self.encoder, ReportsStates) and isinstance(self.decoder, ReportsStates)):
+            return None
+        x_enc, x_dec = split(batch)
+        _, _, (_, enc_cache, _, dec_cache) = self.outputs(x_enc, x_dec)
+        encoded, decoded = self.encoder.states_and_gates(enc_cache), self.decoder.states_and_gates(dec_cache)
+        return {name: np.concatenate([encoded[name], decoded[name]], axis=1) for name in encoded}
 
     def loss_and_grads(self, batch: Batch, state: State | None) -> StepResult:
         """L on ``batch`` and its gradients; ``state`` (None: 0) is the encoder's initial state.
@@ -286,14 +306,32 @@ class Seq2SeqTask:
         lines = [f"{w:<{width}} -> {t:<{width}} ({m})" for w, t, m in zip(words, translations, marks, strict=True)]
         sample = f"after {step} steps, {sum(correct)} of {len(correct)} pairs right:\n" + "\n".join(lines) + "\n"
         table = {"word": words, "translation": translations, "expected": expected, "result": marks}
-        figures = {"decoder_probabilities": partial(self.probabilities_figure, words)} if final else {}
-        return Evaluation(
+        evaluation = Evaluation(
             metrics=metrics,
             samples={"translations": sample},
             tables={"translations": table},
-            figures=figures,
             stop=self.config.stop_when_solved and accuracy == 1.0,
         )
+        if final:
+            paired = [*sources, *targets]
+            coordinates, explained = principal_components(self.encoder_states(paired))
+            evaluation.tables["encoder_pca"] = {
+                "word": paired,
+                "pc1": coordinates[:, 0].round(4).tolist(),
+                "pc2": coordinates[:, 1].round(4).tolist(),
+            }
+            evaluation.figures = {
+                "decoder_probabilities": partial(self.probabilities_figure, words),
+                "encoder_states": partial(encoder_states_figure, self.data.pairs, coordinates, explained),
+            }
+        return evaluation
+
+    def encoder_states(self, words: Sequence[str]) -> np.ndarray:
+        """s, the encoder's final hidden state after reading each word from the zero state (W, H) (an LSTM's h)."""
+        x_enc = np.stack([symbols(encoder_text(word, self.data.n_step)) for word in words])
+        encoder = self.model.encoder
+        _, s, _ = encoder.forward(one_hot(x_enc, len(ALPHABET), self.dtype), encoder.zero_state(len(words)))
+        return s[0] if isinstance(s, tuple) else s
 
     def probabilities_figure(self, words: Sequence[str]):
         """For each word, the decoder's softmax over the alphabet at every output step."""
@@ -311,6 +349,40 @@ class Seq2SeqTask:
         figure.colorbar(image, ax=list(axes), label="probability")
         figure.suptitle("decoder output probabilities (decoder fed 'S' + padding)")
         return figure
+
+
+def principal_components(states: np.ndarray, count: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """PCA: with S - mean S = U diag(sigma) V^T, the coordinates (S - mean S) V[:, :count] (W, count) of each row
+    on the principal axes, and the fraction of the variance each axis explains, sigma_j^2 / sum sigma^2."""
+    centred = states - states.mean(axis=0)
+    _, sigma, axes_t = np.linalg.svd(centred, full_matrices=False)
+    return centred @ axes_t[:count].T, sigma[:count] ** 2 / np.sum(sigma**2)
+
+
+def encoder_states_figure(pairs: Sequence[tuple[str, str]], coordinates: np.ndarray, explained: np.ndarray):
+    """The encoder's final state of each source word (blue) and of its opposite (red) on the first two principal
+    axes, each word joined to its opposite."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 5.5))
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.1, top=0.93)
+    ax = figure.subplots()
+    count = len(pairs)
+    for k, (source, target) in enumerate(pairs):
+        (x0, y0), (x1, y1) = coordinates[k], coordinates[count + k]
+        ax.plot([x0, x1], [y0, y1], "-", color="tab:gray", lw=1)
+        ax.annotate(source, (x0, y0), textcoords="offset points", xytext=(4, 4), color="tab:blue")
+        ax.annotate(target, (x1, y1), textcoords="offset points", xytext=(4, 4), color="tab:red")
+    ax.plot(*coordinates[:count].T, "o", color="tab:blue", label="word")
+    ax.plot(*coordinates[count:].T, "s", color="tab:red", label="its opposite")
+    ax.set(
+        xlabel=f"principal axis 1 ({explained[0]:.0%} of the variance)",
+        ylabel=f"principal axis 2 ({explained[1]:.0%})",
+        title="the encoder's final state of each word (PCA), joined to its opposite",
+    )
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=8)
+    return figure
 
 
 @hookimpl

@@ -14,6 +14,7 @@ from framework.core.gradcheck import check_cell
 from framework.core.plugins import manager
 from framework.nn import cells
 from framework.nn.cells import GRUConfig, LSTMConfig, make_gru, make_lstm
+from framework.nn.functions import sigmoid
 
 CELLS = ["linear", "rnn", "lstm", "gru"]
 B, T, I, H = 3, 6, 4, 5  # noqa: E741 (batch, steps, inputs, hidden units, as in the math)
@@ -210,3 +211,47 @@ def test_lstm_backward_in_spans_of_steps_equals_one_span(monkeypatch, span_bytes
         np.testing.assert_array_equal(a, b)
     errors = check_cell(cell, x, state, rng)
     assert max(errors.values()) < 1e-6, errors
+
+
+def by_the_equations(name: str, cell, x: np.ndarray, state) -> dict[str, np.ndarray]:
+    """h_t (and c_t, the gates) of every step, computed one step at a time from the module's equations: (B, T, H)."""
+    p, steps = cell.params, {}
+    h, c = (state, None) if name != "lstm" else state
+    for t in range(x.shape[1]):
+        x_t = x[:, t]
+        if name in ("linear", "rnn"):
+            h = x_t @ p["Wx"] + h @ p["Wh"] + p.get("b", 0.0)
+            h = h if name == "linear" else np.tanh(h)
+            values = {"h": h}
+        elif name == "lstm":
+            a = x_t @ p["Wx"] + h @ p["Wh"] + p["b"]
+            i, f, g, o = (a[:, k * H : (k + 1) * H] for k in range(4))
+            i, f, o, g = sigmoid(i), sigmoid(f), sigmoid(o), np.tanh(g)
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            values = {"h": h, "c": c, "i": i, "f": f, "o": o}
+        else:
+            u, v = x_t @ p["Wx"] + p["bx"], h @ p["Wh"] + p["bh"]
+            r, z = sigmoid(u[:, :H] + v[:, :H]), sigmoid(u[:, H : 2 * H] + v[:, H : 2 * H])
+            n = np.tanh(u[:, 2 * H :] + r * v[:, 2 * H :])
+            h = (1 - z) * n + z * h
+            values = {"h": h, "r": r, "z": z}
+        for key, value in values.items():
+            steps.setdefault(key, []).append(value)
+    return {key: np.stack(values, axis=1) for key, values in steps.items()}
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_every_cell_reports_its_states_and_gates_at_every_step(name):
+    """states_and_gates(cache) of a forward pass: h_t (the outputs), the LSTM's c_t, i, f, o and the GRU's r, z."""
+    rng = np.random.default_rng(4)
+    cell = make(name, options={"bias": True} if name == "gru" else None)
+    x = rng.standard_normal((B, T, I))
+    state = random_like(cell.zero_state(B), rng)
+    outputs, _, cache = cell.forward(x, state)
+    reported = cell.states_and_gates(cache)
+    expected = by_the_equations(name, cell, x, state)
+    assert list(reported) == list(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(reported[key], value, rtol=1e-12, atol=1e-14, err_msg=key)
+    np.testing.assert_array_equal(reported["h"], outputs)

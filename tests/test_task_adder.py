@@ -11,7 +11,7 @@ from conftest import assert_no_runs, one_line, runs_of
 
 from framework.core import engine, plugins
 from framework.nn.functions import sigmoid
-from plugins.adder import PAIRS_PER_DRAW, AdditionDataset, bit_string, from_bits, to_bits
+from plugins.adder import PAIRS_PER_DRAW, AdditionDataset, bit_string, carries, from_bits, to_bits
 
 CELLS = [c.name for c in plugins.manager().registry.of_kind("cell")]
 
@@ -149,11 +149,34 @@ def test_evaluation_of_an_untrained_model(compose):
     assert "right_sums" in evaluation.figures
 
 
+def test_the_reference_run_holds_the_carry_and_draws_it(compose):
+    """After the reference recipe a direction of the hidden state tracks the carry out of every bit (R > 0.95), and
+    one unit alone nearly does; the figure shows every unit's correlation at every position and that unit."""
+    run = build(compose, "seed=0")
+    final = engine.train(run, FirstSolved())
+    assert final.metrics["accuracy"] == 1.0
+    units = final.tables["hidden_units"]
+    assert units["signal"] == ["the carry out of bit k"]
+    assert units["direction_r"][0] > 0.95 and 0.7 < abs(units["r"][0]) <= units["direction_r"][0]
+    unit = units["unit"][0]
+    _, _, h = run.task.read(run.task.pairs.inputs)
+    carry = carries(run.task.a, run.task.b, 8)
+    (i,) = np.flatnonzero((run.task.a == 127) & (run.task.b == 1))
+    assert carry[i].tolist() == [1, 1, 1, 1, 1, 1, 1, 0]  # 127 + 1 = 128 carries out of bits 0 to 6
+    figure = final.figures["carry"]()
+    every_unit, the_unit = figure.axes[:2]
+    r = every_unit.images[0].get_array()
+    assert r.shape == (16, 8) and np.ma.getmaskarray(r)[:, 7].all()  # no carry out of the top bit: no colour
+    np.testing.assert_allclose(r[unit, 3], np.corrcoef(h[:, 3, unit], carry[:, 3])[0, 1], rtol=1e-10)
+    assert [line.get_label() for line in the_unit.get_lines()] == ["carry 0", "carry 1"]
+    assert the_unit.get_title().startswith(f"unit {unit} tracks the carry: r = {units['r'][0]:.3f}")
+
+
 def test_wide_numbers_are_evaluated_on_a_fixed_sample(compose):
     run = build(compose, "dataset.bits=16", "task.eval_pairs=500")
     assert len(run.task.a) == 500 and not run.task.every_pair
     first = run.task.evaluate(0, {}, final=True)
-    assert first.figures == {}
+    assert set(first.figures) == {"carry"}  # not every pair: no grid of right sums
     assert run.task.evaluate(0, {}, final=True).metrics == first.metrics  # the same pairs every time
 
 
@@ -186,7 +209,9 @@ def test_tracked_run_logs_accuracy_sums_and_figure(cli, default_store):
     table = json.loads(artifact("tables/step_0001000/sums.json"))
     assert table["columns"] == ["a", "b", "a + b", "out", "pred", "true", "error", "right"]
     figures = [p.path for p in default_store.list_artifacts(run_id, "figures")]
-    assert figures == ["figures/gradient_flow.png", "figures/right_sums.png"]
+    assert figures == [f"figures/{name}.png" for name in ("carry", "gradient_flow", "hidden_states", "right_sums")]
+    units = json.loads(artifact("tables/hidden_units.json"))
+    assert units["columns"] == ["signal", "unit", "r", "direction_r"]
 
 
 @pytest.mark.parametrize(

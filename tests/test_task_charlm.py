@@ -169,6 +169,26 @@ def test_a_low_temperature_writes_the_most_likely_names(compose):
     assert len(set(cold.write())) == 1  # almost greedy: the same name every time
 
 
+def test_units_that_tell_the_end_of_a_name_and_vowels_colour_the_names(compose):
+    """Trained a little (minibatches of 16, Adam), one unit follows vowels closely and a direction of the state the
+    end of a name; the names are written out with each character coloured by such a unit's state after it."""
+    run = build(compose, "optim=adam")
+    final = engine.train(run, plugins.manager().hook)
+    units = dict(zip(final.tables["hidden_units"]["signal"], range(2), strict=True))
+    table = final.tables["hidden_units"]
+    assert list(units) == ["the end of a name", "a vowel"]
+    assert abs(table["r"][units["a vowel"]]) > 0.7 and table["direction_r"][units["a vowel"]] > 0.9
+    assert table["direction_r"][units["the end of a name"]] > 0.7
+    figure = final.figures["telling_units"]()
+    shown = [run.task.data.names[i] for i in np.linspace(0, len(run.task.data.names) - 1, 8).astype(int)]
+    for ax, k in zip(figure.axes, range(2), strict=True):
+        assert ax.get_title(loc="left").startswith(f"unit {table['unit'][k]}: {table['signal'][k]} (r = ")
+        assert "".join(text.get_text() for text in ax.texts) == "".join(shown)
+        colours = ax.images[0].get_array()
+        h = run.task.model.outputs(run.task.data.sequences[run.task.data.names.index(shown[0])][0])[2][1]
+        np.testing.assert_allclose(colours[0, : len(shown[0])], h[0, 1:, table["unit"][k]], rtol=1e-10)
+
+
 def test_it_trains_with_an_lstm_and_minibatches(compose):
     run = build(compose, "cell=lstm", "train.steps=20", "train.batch_size=8")
     final = engine.train(run, plugins.manager().hook)

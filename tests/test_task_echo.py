@@ -109,8 +109,28 @@ def test_a_run_records_accuracy_every_epoch_and_the_pictures(cli, default_store)
     sample = (artifacts / "samples" / "window.txt").read_text()
     assert "row 5  input" in sample and "prediction" in sample and "target" in sample
     assert (artifacts / "samples" / "step_0000040" / "window.txt").is_file()
-    for figure in ("loss", "window"):
+    for figure in ("loss", "window", "hidden_states"):
         assert (artifacts / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_unit_holds_the_bit_it_echoes_and_the_window_shows_the_hidden_state(compose):
+    """Once the echo is learnt (accuracy 1), a unit follows the input echo_step steps back (|r| > 0.9 on a fresh
+    series), a direction of the state almost exactly; the tutorial's bars have each row's hidden state under them."""
+    run = build(compose, "task=echo", "optim=adam", "seed=1")
+    final = engine.train(run, plugins.manager().hook)
+    assert final.metrics["accuracy"] == 1.0
+    units = final.tables["hidden_units"]
+    assert units["signal"] == ["the input 3 steps back"]
+    assert abs(units["r"][0]) > 0.9 and units["direction_r"][0] > 0.98
+    figure = final.figures["window"]()
+    rows = [ax for ax in figure.axes if ax.get_ylabel().startswith("row ")]
+    assert [ax.get_ylabel() for ax in rows] == [f"row {r}" for r in range(1, 6)]
+    assert all(len(ax.patches) == 3 * 15 for ax in rows)  # the bars of input, target and prediction
+    assert all(ax.images[0].get_array().shape == (4, 15) for ax in rows)  # under them: units x the window's steps
+    (memory,) = [ax for ax in figure.axes if ax.get_xlabel() == "k: the input k steps back"]
+    lags = memory.images[0].get_array()
+    assert lags.shape == (4, 4) and lags[units["unit"][0], 3] == pytest.approx(units["r"][0], abs=5e-5)
+    assert f"unit {units['unit'][0]} holds" in memory.get_title()
 
 
 def test_a_window_not_longer_than_echo_step_is_refused_in_one_line(cli, tmp_path):

@@ -120,6 +120,33 @@ def test_the_decoder_starts_from_the_encoders_final_state(compose):
     assert run.task.model.encoder is not run.task.model.decoder
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_the_encoders_final_states_of_the_words_and_their_opposites_in_two_dimensions(compose, cell):
+    """The PCA of the encoder's final states h (an LSTM's h of (h, c)) of the six words and their six opposites: the
+    coordinates on the two axes of largest variance, and a line from each word to its opposite."""
+    task = build(compose, f"cell={cell}").task
+    evaluation = task.evaluate(0, {}, final=True)
+    words = [*PAIRS, *PAIRS.values()]
+    table = evaluation.tables["encoder_pca"]
+    assert table["word"] == words
+    states = task.encoder_states(words)
+    assert states.shape == (12, 128)
+    centred = states - states.mean(axis=0)
+    variances, axes = np.linalg.eigh(centred.T @ centred)  # ascending: the last two are the principal axes
+    expected = centred @ axes[:, [-1, -2]]
+    got = np.column_stack([table["pc1"], table["pc2"]])
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-4)  # each axis up to its sign
+    figure = evaluation.figures["encoder_states"]()
+    ax = figure.axes[0]
+    joined = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert len(joined) == 6
+    for line, (word, opposite) in zip(joined, PAIRS.items(), strict=True):
+        ends = np.column_stack(line.get_data())
+        np.testing.assert_allclose(ends, got[[words.index(word), words.index(opposite)]], atol=1e-4)
+    share = variances[-1] / variances.sum()
+    assert ax.get_xlabel() == f"principal axis 1 ({share:.0%} of the variance)"
+
+
 # -- training ---------------------------------------------------------------------
 
 
@@ -163,6 +190,7 @@ def test_a_default_run_records_accuracy_translations_and_the_figure(cli, default
     assert [row[0] for row in table["data"][6:]] == ["mans", "upp"]
     # every table is listed for MLflow's table view, and MLflow reads it back as it wrote its own
     tables = [f"tables/{step}translations.json" for step in [*(f"step_{s:07d}/" for s in range(20, solved, 20)), ""]]
+    tables.append("tables/encoder_pca.json")  # the final evaluation's
     listed = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
     assert sorted(entry["path"] for entry in listed) == sorted(tables)
     assert {entry["type"] for entry in listed} == {"table"}
@@ -171,8 +199,9 @@ def test_a_default_run_records_accuracy_translations_and_the_figure(cli, default
     assert frame.values.tolist() == table["data"]
     first = Path(client.download_artifacts(run_id, "samples/step_0000020/translations.txt")).read_text()
     assert first.startswith("after 20 steps")
-    figure = Path(client.download_artifacts(run_id, "figures/decoder_probabilities.png"))
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("decoder_probabilities", "encoder_states", "hidden_states"):
+        figure = Path(client.download_artifacts(run_id, f"figures/{name}.png"))
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,27 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from framework.core.config import param
 from framework.core.errors import ConfigError
 from framework.core.protocols import Batch
 
 MAX_FILE_BYTES = 64 * 2**20  # a data file is read whole: 64 MiB of text is far beyond any tutorial's
+GENERATORS = ("framework", "tutorial")  # where a dataset's random numbers come from (TutorialData)
+
+
+def generator_param(tutorial: str) -> Any:
+    """The ``generator`` option of a dataset that can draw as its tutorial's published code did
+    (:class:`framework.core.protocols.TutorialData`); ``tutorial`` says what that code draws, and how."""
+    return param(
+        "framework",
+        choices=GENERATORS,
+        doc=f"framework: the run's own random streams; tutorial: numpy's legacy generator after np.random.seed(seed), "
+        f"called as the tutorial's code calls it: {tutorial}",
+    )
 
 
 def check_data_file(key: str, value: str, launch_dir: Path) -> Path:

@@ -26,9 +26,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
-from framework.core import checkpoint, plugins, seeding, verdict
+from framework.core import checkpoint, hidden, plugins, seeding, verdict
 from framework.core.allocator import keep_freed_memory
 from framework.core.config import build as build_config
+from framework.core.config import flatten
 from framework.core.data import available_memory, check_data_file
 from framework.core.diagnostics import FlowRecorder
 from framework.core.errors import (
@@ -40,7 +41,17 @@ from framework.core.errors import (
     IncompatibleError,
     one_line,
 )
-from framework.core.protocols import Batch, Dataset, Evaluation, Optimizer, Parts, Resumable, RunInfo, Task
+from framework.core.protocols import (
+    Batch,
+    Dataset,
+    Evaluation,
+    Optimizer,
+    Parts,
+    Resumable,
+    RunInfo,
+    Task,
+    TutorialData,
+)
 from framework.core.registry import KINDS, Component
 from framework.core.settings import ObjectiveSettings, Settings
 from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
@@ -172,19 +183,21 @@ def build(
         data_files.update(files)
     rng = seeding.RandomStreams(settings.seed)
     dtype = np.dtype(settings.dtype)
+    tutorial = tutorial_stream(chosen["dataset"][1], config, settings.seed)
 
     def component(kind: str, *args: Any) -> Any:
         factory, options = chosen[kind][0].factory, chosen[kind][1]
         return factory(options, *args)
 
     init_rng = rng("init")  # one stream for every cell a task makes
-    dataset = component("dataset", rng("data"), dtype)
+    dataset = component("dataset", rng("data") if tutorial is None else tutorial, dtype)
     parts = Parts(
         dataset=dataset,
         make_cell=lambda input_size, hidden_size: component("cell", input_size, hidden_size, init_rng, dtype),
         loss=component("loss"),
         rng=rng,
         dtype=dtype,
+        tutorial=tutorial,
     )
     task_name = chosen["task"][0].name
     info = RunInfo(
@@ -201,12 +214,33 @@ def build(
     )
     task = component("task", parts)
     info.objective, info.maximize = objective(settings.objective, task)
-    probe(task, dataset, settings, chosen, rng)
+    with seeding.unchanged(tutorial):  # the probe's batch is drawn again by training, as the tutorial draws it
+        probe(task, dataset, settings, chosen, rng)
     batches = dataset.batches(settings.train.batch_size, rng("batches"))
     names = {kind: component.name for kind, (component, _) in chosen.items()}
     advice = verdict.advise(chosen["task"][0], names, overrides, pm.registry)
     follow = verdict.Tracker(verdict.reference_of(task))
     return Run(info, settings, task, dataset, component("optim"), batches, rng, follow, advice)
+
+
+def tutorial_stream(options: Any, config: Mapping[str, Any], seed: int) -> np.random.RandomState | None:
+    """The tutorial's stream, numpy's legacy generator after ``np.random.seed(seed)``, for a dataset that draws as its
+    tutorial did (``dataset.generator=tutorial``, :class:`TutorialData`); None for any other.
+
+    The dataset draws its data from it and the task its initial weights, so the run must have the settings the
+    tutorial's draws depend on: any other is refused in one line naming them. The stream is not checkpointed: a
+    resumed run replays its batches (:func:`restore`), which draws it to where it was.
+    """
+    if not isinstance(options, TutorialData) or options.generator != "tutorial":
+        return None
+    flat = flatten(config)
+    expected = options.tutorial_settings()
+    got = {key: flat.get(f"{key}.name" if key in KINDS else key) for key in expected}
+    if got != expected:
+        tutorials = ", ".join(f"{key}={value}" for key, value in expected.items())
+        differing = ", ".join(f"{key}={got[key]}" for key in expected if got[key] != expected[key])
+        raise ConfigError("dataset.generator", "tutorial", f"the tutorial's settings: {tutorials} (got {differing})")
+    return seeding.tutorial(seed)
 
 
 def objective(settings: ObjectiveSettings, task: Task) -> tuple[str, bool]:
@@ -279,10 +313,13 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     evaluation then happens at that step. Every ``train.checkpoint_every``
     steps, and at the end, the run is checkpointed. Every ``diagnostics.every``
     steps the gradient flow through time is recorded (metric ``grad_flow_ratio``;
-    the final evaluation gets its figure ``gradient_flow``, see framework.diagnostics).
+    the final evaluation gets its figure ``gradient_flow``, see framework.diagnostics),
+    and the final evaluation gets the figure ``hidden_states`` of the last batch's first
+    sequence (framework.core.hidden).
     """
     settings, model = run.settings.train, run.task.model
     flow = FlowRecorder(run.settings.diagnostics.every, run.info.task)
+    batch = None  # the last batch trained on
     started = time.perf_counter()
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -324,6 +361,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     run.info.verdict = verdict.verdict(run.follow, final.metrics, run.advice)
     final.metrics.update(run.info.verdict.metrics())
     final.figures.update(flow.figures())
+    final.figures.update(hidden.figures(model, batch, run.info.task))
     hook.framework_evaluation(run=run.info, step=run.step, evaluation=final, final=True)
     save_checkpoint(run, hook)
     return final

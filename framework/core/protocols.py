@@ -108,6 +108,15 @@ class Cell(Protocol):
         """BPTT from dL/dh (B, T, H) of the outputs and dL/d(final state) (None: 0)."""
 
 
+@runtime_checkable
+class ReportsStates(Protocol):
+    """A cell that can say what its forward pass computed at every step: its states and, if it has any, its gates."""
+
+    def states_and_gates(self, cache: Any) -> dict[str, np.ndarray]:
+        """From the cache of :meth:`Cell.forward`: name -> (B, T, H), the hidden state ``h``, and for a gated cell its
+        memory ``c`` and gates (``i``, ``f``, ``o`` of an LSTM; ``r``, ``z`` of a GRU)."""
+
+
 class Loss(Protocol):
     """A loss on the model's raw outputs (logits for the softmax and sigmoid losses)."""
 
@@ -138,6 +147,22 @@ class Dataset(Protocol):
 
     def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
         """An endless stream of batches; ``batch_size`` 0 means the whole data set."""
+
+
+@runtime_checkable
+class TutorialData(Protocol):
+    """The options of a dataset that can draw its data as its tutorial's published code did (``generator``).
+
+    With ``generator: tutorial`` the dataset factory's ``rng`` is the tutorial's stream, numpy's legacy
+    generator after ``np.random.seed(seed)`` (:func:`framework.core.seeding.tutorial`), and the task gets the
+    same stream as ``Parts.tutorial`` for its initial weights; the run must have the tutorial's settings.
+    """
+
+    generator: str  # "framework": the run's own streams; "tutorial": the tutorial's calls to the legacy generator
+
+    def tutorial_settings(self) -> dict[str, Any]:
+        """The settings the tutorial's draws depend on, with its values: dotted keys (``train.batch_size``), or a
+        component group (``cell``) for the component's name."""
 
 
 class Model(Protocol):
@@ -176,7 +201,9 @@ class Parts:
     """What the engine hands a task factory: the chosen components, ready to use.
 
     ``make_cell(input_size, hidden_size)`` builds the chosen cell with its
-    configured options; ``rng(name)`` gives the seeded random stream ``name``.
+    configured options; ``rng(name)`` gives the seeded random stream ``name``;
+    ``tutorial`` is the tutorial's stream when the dataset draws as its tutorial
+    did (``dataset.generator=tutorial``), else None.
     """
 
     dataset: Dataset
@@ -184,6 +211,7 @@ class Parts:
     loss: Loss
     rng: Callable[[str], np.random.Generator]
     dtype: np.dtype
+    tutorial: np.random.RandomState | None = None  # the tutorial's stream, shared with the dataset (TutorialData)
 
 
 @dataclass

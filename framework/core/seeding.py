@@ -1,8 +1,10 @@
-"""Named, independent random streams derived from one seed."""
+"""Named, independent random streams derived from one seed; and the tutorials' own stream."""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -14,6 +16,24 @@ def rng(seed: int, stream: str) -> np.random.Generator:
     independent and adding a stream never shifts the numbers of another.
     """
     return np.random.default_rng([seed, zlib.crc32(stream.encode())])
+
+
+def tutorial(seed: int) -> np.random.RandomState:
+    """numpy's legacy generator as ``np.random.seed(seed)`` leaves it: the one stream of the tutorials' published code
+    (``np.random.rand``, ``np.random.randint``, ... draw from it, in the order the code calls them)."""
+    return np.random.RandomState(seed)
+
+
+@contextmanager
+def unchanged(stream: np.random.RandomState | None) -> Iterator[None]:
+    """Run the block, then put ``stream`` back where it was (None: nothing to put back), so that what the block
+    drew is drawn again after it."""
+    state = None if stream is None else stream.get_state()
+    try:
+        yield
+    finally:
+        if stream is not None:
+            stream.set_state(state)
 
 
 class RandomStreams:

@@ -192,6 +192,10 @@ class ElmanCell:
             self.f(z_t, z_t)
         return swap_time_and_batch(h[1:]), h[-1], (x_steps, h, Wh_T)
 
+    def states_and_gates(self, cache: tuple) -> dict[str, np.ndarray]:
+        """h_t = f(z_t) of every step of the forward pass that made ``cache``: {"h": (B, T, H)}."""
+        return {"h": swap_time_and_batch(cache[1][1:])}
+
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, b, the inputs and h_0 (equations in the module docstring)."""
         x_steps, h, Wh_T = cache
@@ -274,6 +278,14 @@ class LSTMCell:
             c_t += np.multiply(i, g, out=ig)
             np.multiply(o, np.tanh(c_t, out=tanh_c[t]), out=h[t + 1])
         return swap_time_and_batch(h[1:]), (h[-1], c[-1]), (x_steps, gates, h, c, tanh_c, Wh_T)
+
+    def states_and_gates(self, cache: tuple) -> dict[str, np.ndarray]:
+        """h_t, c_t and the gates i = sigmoid(a_i), f = sigmoid(a_f), o = sigmoid(a_o) of every step of the forward
+        pass that made ``cache``: name -> (B, T, H)."""
+        _, gates, h, c, _, _ = cache
+        H = self.hidden_size
+        i, f, o = (gates[..., k * H : (k + 1) * H] for k in (0, 1, 3))
+        return {name: swap_time_and_batch(v) for name, v in {"h": h[1:], "c": c[1:], "i": i, "f": f, "o": o}.items()}
 
     def backward(
         self, cache: tuple, d_outputs: np.ndarray, d_state: tuple[np.ndarray, np.ndarray] | None
@@ -385,6 +397,17 @@ class GRUCell:
             h_t *= z
             h_t += n
         return swap_time_and_batch(h[1:]), h[-1], (x_steps, gates, v[..., 2 * H :], h, Wh_T)
+
+    def states_and_gates(self, cache: tuple) -> dict[str, np.ndarray]:
+        """h_t and the gates r = sigmoid(u_r + v_r), z = sigmoid(u_z + v_z) of every step of the forward pass that
+        made ``cache``: name -> (B, T, H)."""
+        _, gates, _, h, _ = cache
+        H = self.hidden_size
+        return {
+            "h": swap_time_and_batch(h[1:]),
+            "r": swap_time_and_batch(gates[..., :H]),
+            "z": swap_time_and_batch(gates[..., H : 2 * H]),
+        }
 
     def backward(self, cache: tuple, d_outputs: np.ndarray, d_state: np.ndarray | None) -> CellGradients:
         """BPTT: the gradients of Wx, Wh, bx, bh, the inputs and h_0 (equations in the module docstring)."""

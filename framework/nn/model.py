@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from framework.core.protocols import Batch, Cell, Loss, State, StepResult
+from framework.core.protocols import Batch, Cell, Loss, ReportsStates, State, StepResult
 from framework.nn.layers import Dense
 
 
@@ -30,6 +30,14 @@ class RecurrentModel:
         h = h_all[:, -1] if self.last_only else h_all
         y = h if self.readout is None else self.readout.forward(h)
         return y, final, (cache, h)
+
+    def hidden_states(self, batch: Batch) -> dict[str, np.ndarray] | None:
+        """The cell's states and gates at every step of a forward pass over ``batch`` from the zero state:
+        name -> (B, T, H) (see :class:`ReportsStates`); None for a cell that does not report them."""
+        if not isinstance(self.cell, ReportsStates):
+            return None
+        _, _, cache = self.cell.forward(batch.inputs, self.cell.zero_state(batch.inputs.shape[0]))
+        return self.cell.states_and_gates(cache)
 
     def loss_and_grads(self, batch: Batch, state: State | None) -> StepResult:
         """L on ``batch`` and its gradients by BPTT through the readout and the cell."""
