@@ -29,6 +29,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 CHECK_TIMEOUT = 5.0  # seconds a tracking server has to answer the check before a run
+HTTP_TIMEOUT, HTTP_RETRIES = 20, 2  # seconds per request to a tracking server, and retries (MLflow's: 120 s, 7)
 
 # the tags the framework sets, and MLflow's own that it sets
 TASK_TAG = "framework.task"
@@ -153,11 +154,14 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def quiet_mlflow() -> None:
-    """MLflow's INFO lines about creating its tables, and its progress bars and URLs, off."""
+    """MLflow's INFO lines about creating its tables, and its progress bars and URLs, off; and a bound on every request
+    to a tracking server (MLflow's own default retries a silent server for minutes), unless the user set theirs."""
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
 
 
 def connect(uri: str, experiment: str) -> tuple[Any, str]:
