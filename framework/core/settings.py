@@ -58,8 +58,9 @@ class TrackingSettings:
     timeout: float = param(
         30.0,
         gt=0,
-        doc="seconds a run waits, after training, for its recording to finish; then it fails, and the metrics the "
-        "store did not take are in unrecorded-metrics.jsonl in the run's folder",
+        doc="seconds a run waits, after training, for a word from its recording process (while it answers, it is "
+        "waited for); then the run fails, and the metrics the store did not take are in unrecorded-metrics.jsonl "
+        "in the run's folder",
     )
     figures: bool = param(
         True, doc="draw the task's figures as PNG artifacts at each evaluation (0.1-0.3 s each); false: none"

@@ -61,6 +61,7 @@ class RecordingProcess:
         self.stored = 0  # the highest ``seq`` of metrics the store has taken
         self.failures: dict[int, list[str]] = {}  # token -> every ``error`` answered about that run
         self.gone = False  # its output ended: it exited (or was killed)
+        self.heard = time.monotonic()  # when it last answered (it says ``ready`` once MLflow is loaded)
         threading.Thread(target=self._write, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -129,8 +130,11 @@ class RecordingProcess:
         with contextlib.suppress(OSError, ValueError):
             for line in self.process.stdout:
                 answer = json.loads(line)
+                self.heard = time.monotonic()
                 if answer["op"] == "log":
                     log.log(answer["level"], "%s", answer["message"])
+                    continue
+                if answer["op"] == "ready":
                     continue
                 with self.changed:
                     token = answer["token"]

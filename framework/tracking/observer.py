@@ -317,23 +317,28 @@ class MlflowTracker:
         recording.process.send("metrics", seq=seq, entries=entries)
 
     def wait_for_the_end(self, recording: Recording) -> str | None:
-        """Wait, at most ``tracking.timeout`` seconds, until the recording process has closed the run; its id.
+        """Wait until the recording process has closed the run, as long as it makes progress: at most
+        ``tracking.timeout`` seconds without a word from it (a busy machine slows it; a stopped or stuck one is
+        silent); the run's id.
 
-        Raises :class:`TrackingError` in one line when recording failed or did not finish in time; the metrics the
+        Raises :class:`TrackingError` in one line when recording failed or the process fell silent; the metrics the
         store did not take are then in the fallback file. Ctrl-C during the wait stops waiting: the run is closed
         by another recording process, or left for ``cleanup``.
         """
         process, ended = recording.process, recording.ended
+        waiting_since = time.monotonic()
         try:
             if not process.wait_for(ended, NOTICE_AFTER):
                 log.info(  # a first run waits for MLflow to load and the store to be made: nothing wrong
-                    "still recording the run %s: waiting for the recording process (pid %d), at most %g s "
-                    "(tracking.timeout)",
+                    "still recording the run %s: waiting for the recording process (pid %d), while it answers "
+                    "within %g s (tracking.timeout)",
                     recording.run_id or "(not yet created in the store)",
                     process.pid,
                     recording.timeout,
                 )
-                process.wait_for(ended, max(recording.timeout - NOTICE_AFTER, 0.0))
+                while not process.wait_for(ended, 1.0) and not process.gone:
+                    if time.monotonic() - max(process.heard, waiting_since) > recording.timeout:
+                        break
         except KeyboardInterrupt:
             with uninterrupted():  # closing the run takes a moment: not cut short again
                 self.abandon(recording, "KILLED", "interrupted (SIGINT) while its recording finished")
@@ -344,7 +349,7 @@ class MlflowTracker:
             return recording.run_id
         if failure is None:
             failure = (
-                f"the recording process (pid {process.pid}) did not finish recording the run within "
+                f"the recording process (pid {process.pid}) did not finish recording the run: it did not answer for "
                 f"{recording.timeout:g} s (tracking.timeout)"
             )
             failure += "; " + self.abandon(recording, "FAILED", failure)

@@ -22,8 +22,9 @@ error                                     ``ended``
 ========================================  ==============================================
 
 Answers: ``started`` (run_id), ``stored`` (seq), ``error`` (message: one line naming the store),
-``ended`` (run_id), each with the token of the run's ``start``; and ``log`` (level, message: its log
-lines, which the training process logs).
+``ended`` (run_id), each with the token of the run's ``start``; ``ready`` once MLflow is loaded; and
+``log`` (level, message: its log lines, which the training process logs). Each tells the training
+process it is making progress: it is waited for as long as it answers.
 
 When recording fails, it answers ``error`` and tries nothing else for that run until ``end``: then it
 tries once, for at most :data:`CLOSE_WAIT` seconds (a store that failed may hang), to close the run as
@@ -311,6 +312,7 @@ def main() -> None:
     quiet_mlflow()
     import mlflow  # noqa: F401 - now, while the training process starts: not at its first message
 
+    answers.send("ready")
     serve(sys.stdin, answers)
 
 

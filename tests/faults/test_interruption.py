@@ -246,8 +246,9 @@ def test_a_frozen_recording_process_fails_the_run_after_the_timeout(install_plug
     assert process.returncode == 1
     fallback = tmp_path / "out" / FALLBACK
     assert stderr.strip().splitlines()[-1] == (
-        f"framework: error: the recording process (pid {recorder}) did not finish recording the run within 5 s "
-        f"(tracking.timeout); the run {run_id} is recorded as FAILED; the metrics it did not record are in {fallback}"
+        f"framework: error: the recording process (pid {recorder}) did not finish recording the run: it did not answer "
+        f"for 5 s (tracking.timeout); the run {run_id} is recorded as FAILED; the metrics it did not record are in "
+        f"{fallback}"
     )
     assert f"still recording the run {run_id}: waiting for the recording process (pid {recorder})" in log.read_text()
     wait_until_gone(marked["TEST_PROCESS_MARK"])
@@ -256,7 +257,7 @@ def test_a_frozen_recording_process_fails_the_run_after_the_timeout(install_plug
     assert all(len(entry) == 4 and isinstance(entry[3], int) for entry in entries)
     recorded = default_store.get_run(run_id)
     assert recorded.info.status == "FAILED"
-    assert "did not finish recording the run within 5 s" in recorded.data.tags["error"]
+    assert "did not finish recording the run: it did not answer for 5 s" in recorded.data.tags["error"]
 
 
 @pytest.mark.slow  # paced or frozen runs: tens of seconds each
