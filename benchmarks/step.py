@@ -716,7 +716,7 @@ class LoopClock:
         self.started = time.perf_counter()
 
     @hookimpl
-    def framework_metrics(self, run: Any, step: int, metrics: Any) -> None:
+    def framework_metrics_block(self, run: Any, block: Any) -> None:
         self.last = time.perf_counter()
 
 

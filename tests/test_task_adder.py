@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_no_runs, one_line, runs_of
+from conftest import assert_no_runs, hook_of, one_line, runs_of
 
 from framework.core import engine, plugins
+from framework.core.hookspecs import hookimpl
 from framework.nn.functions import sigmoid
 from plugins.adder import PAIRS_PER_DRAW, AdditionDataset, bit_string, from_bits, to_bits
 
@@ -21,14 +22,12 @@ def build(compose, *overrides: str) -> engine.Run:
 
 
 class FirstSolved:
-    """A hook that remembers the step of the first evaluation with accuracy 1."""
+    """An observer that remembers the step of the first evaluation with accuracy 1."""
 
     def __init__(self) -> None:
         self.step: int | None = None
 
-    def framework_metrics(self, run, step, metrics) -> None:
-        pass
-
+    @hookimpl
     def framework_evaluation(self, run, step, evaluation, final) -> None:
         if self.step is None and evaluation.metrics["accuracy"] == 1.0:
             self.step = step
@@ -160,7 +159,7 @@ def test_wide_numbers_are_evaluated_on_a_fixed_sample(compose):
 def test_minibatches_of_32_learn(compose):
     """train.batch_size=32 with the same lr 0.1 (a step per pair, summed over the batch) solves it fast."""
     run = build(compose, "train.batch_size=32", "train.steps=1000", "task.stop_when_solved=true")
-    final = engine.train(run, FirstSolved())
+    final = engine.train(run, hook_of(FirstSolved()))
     assert final.metrics["accuracy"] == 1.0 and final.stop
 
 
@@ -213,7 +212,7 @@ def test_reference_recipe_adds_every_pair(compose, seed):
     """TASKS.md: after 10000 one-pair steps every one of the 128 x 128 sums is right."""
     run = build(compose, f"seed={seed}")
     solved = FirstSolved()
-    final = engine.train(run, solved)
+    final = engine.train(run, hook_of(solved))
     assert final.metrics["accuracy"] == 1.0
     assert solved.step is not None and solved.step <= 9000
 
@@ -222,4 +221,4 @@ def test_reference_recipe_adds_every_pair(compose, seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_minibatch_32_adds_every_pair(compose, seed):
     run = build(compose, f"seed={seed}", "train.batch_size=32", "train.steps=2000")
-    assert engine.train(run, FirstSolved()).metrics["accuracy"] == 1.0
+    assert engine.train(run, hook_of(FirstSolved())).metrics["accuracy"] == 1.0

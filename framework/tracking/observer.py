@@ -26,7 +26,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,17 +209,18 @@ class MlflowTracker:
         log.info("Recording the run in experiment %r at %s", run.experiment, uri)
 
     @hookimpl
-    def framework_metrics(self, run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
+    def framework_metrics_block(self, run: RunInfo, block: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         recording = self.recording
         if recording is None:
             return
-        if step % recording.log_every and step != run.steps - 1:
-            recording.unlogged = (step, metrics)
-            return
-        recording.unlogged = None
-        if not recording.pending and not recording.buffer:  # the first logged step: its metrics are those of every step
-            recording.fallback.known(metrics, evaluation=False)
-        self.buffer(recording, step, metrics)
+        for step, metrics in block:
+            if step % recording.log_every and step != run.steps - 1:
+                recording.unlogged = (step, metrics)
+                continue
+            recording.unlogged = None
+            if not recording.pending and not recording.buffer:  # the first logged step: its metrics are every step's
+                recording.fallback.known(metrics, evaluation=False)
+            self.buffer(recording, step, metrics)
         if len(recording.buffer) >= METRICS_PER_BATCH:
             self.flush()
 
