@@ -188,6 +188,22 @@ def test_tracked_run_logs_accuracy_sums_and_figure(cli, default_store):
     assert figures == ["figures/gradient_flow.png", "figures/right_sums.png"]
 
 
+def test_a_short_tracked_run_sends_its_metrics_in_one_message(default_store, tmp_path, monkeypatch):
+    """Metrics go to the recording process every 5 s or by the 1000 (one store transaction each): a run of a second
+    sends them once, at its end, every value still recorded."""
+    import framework
+    from framework.tracking.connection import RecordingProcess
+
+    sent = []
+    send = RecordingProcess.send
+    monkeypatch.setattr(RecordingProcess, "send", lambda self, op, **kw: (sent.append(op), send(self, op, **kw)))
+    monkeypatch.chdir(tmp_path)
+    result = framework.run("adder", "task.stop_when_solved=false", train={"steps": 300, "eval_every": 100})
+    assert sent.count("metrics") == 1
+    assert [m.step for m in default_store.get_metric_history(result.run_id, "accuracy")] == [100, 200, 300]
+    assert [m.step for m in default_store.get_metric_history(result.run_id, "loss")] == [*range(0, 300, 10), 299]
+
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
