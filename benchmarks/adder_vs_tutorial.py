@@ -8,10 +8,12 @@ Times, alternately and ``--repeat`` times each (medians, min-max), from process 
   user who has run before: copied from a template made once);
 * ``off``: the same with ``tracking.enabled=false``;
 
-each in a fresh temporary directory, with the same interpreter. The figure of issue 24's target is
-tracked / tutorial (at most 0.66). The machine is shared: the load average is printed before and after.
+each in a fresh temporary directory, with the same interpreter; with ``--baseline PYTHON`` (the interpreter of an
+environment with another version of the project, as for benchmarks/end_to_end.py) also ``base tracked`` and
+``base off``, in the same rotation. The figure of issue 24's target is tracked / tutorial (at most 0.66). The
+machine is shared: the load average is printed before and after.
 
-    python benchmarks/adder_vs_tutorial.py [--repeat 7] [--override KEY=VALUE ...]
+    python benchmarks/adder_vs_tutorial.py [--repeat 7] [--baseline PYTHON] [--override KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -33,10 +35,14 @@ from end_to_end import create_template, spawn
 TUTORIAL = Path(__file__).resolve().parent / "trask_adder.py"
 
 
-def commands(overrides: Sequence[str]) -> dict[str, list[str]]:
-    """The three commands, by name."""
-    run = [sys.executable, "-m", "framework", "task=adder", *overrides]
-    return {"tutorial": [sys.executable, str(TUTORIAL)], "tracked": run, "off": [*run, "tracking.enabled=false"]}
+def commands(overrides: Sequence[str], baseline: str | None) -> dict[str, list[str]]:
+    """The commands, by name: the tutorial, this version tracked and off, and the baseline's."""
+    chosen = {"tutorial": [sys.executable, str(TUTORIAL)]}
+    for prefix, python in (("", sys.executable), ("base ", baseline)):
+        if python is not None:
+            run = [python, "-m", "framework", "task=adder", *overrides]
+            chosen.update({f"{prefix}tracked": run, f"{prefix}off": [*run, "tracking.enabled=false"]})
+    return chosen
 
 
 def time_once(command: Sequence[str], template: Path) -> float:
@@ -55,11 +61,12 @@ def spread(values: Sequence[float]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs of each command (median); default 7")
+    parser.add_argument("--baseline", metavar="PYTHON", help="the interpreter of another version of the project")
     add_override_option(parser, "framework run")
     args = parser.parse_args(argv)
     require_positive(parser, args, ("repeat",))
     load_before = os.getloadavg()
-    chosen = commands(args.override)
+    chosen = commands(args.override, args.baseline)
     walls: dict[str, list[float]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory(prefix="adder-vs-tutorial-store-") as folder:
         template = create_template(Path(folder))

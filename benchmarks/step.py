@@ -35,7 +35,8 @@ the command line's observers (the tracker, off, and the progress bar), the task'
 metrics, the history and the default diagnostics (``diagnostics.every=10``), against the bare step above
 and PyTorch's module step: a loop of ``--loop-steps`` updates, then as many bare steps, then as many
 module steps, alternately, per-step medians. The loop's time runs from its first update to the metrics
-of its last one (the final evaluation is not part of it; ``train.eval_every=0``).
+of its last one (the final evaluation is not part of it; ``train.eval_every=0``); the bare and module steps
+go through the very batches the loop trains on.
 
     python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH] [--peak-size N]
                               [--only NAME ...] [--loop-steps N]
@@ -724,12 +725,12 @@ def whole_loop(spec: Spec, dtype: str, composer: Composer, folder: Path, rounds:
     """Per-step medians of the engine's whole loop, the bare step and PyTorch's module step: a table row.
 
     A round: a fresh run trained for ``steps`` updates through ``engine.train_and_report`` (its per-step time from
-    its start to the metrics of its last update), then ``steps`` bare steps, then ``steps`` module steps; one round
-    of warm-up first.
+    its start to the metrics of its last update), then ``steps`` bare steps, then ``steps`` module steps, both on the
+    batches the loop trains on (charlm's names differ in length); one round of warm-up first.
     """
     extra = (f"train.steps={steps}", "train.eval_every=0")
     first = build_run(spec, dtype, composer, folder, threads, extra)
-    batches = pick_batches(spec, first, 16)
+    batches = [next(first.batches) for _ in range(steps)]  # the loop's own batches (the same seed: the same stream)
     bare, module = Ours(first, batches), Torch(first, batches, loop=False)
     clock = LoopClock()
     composer.pm.register(clock)
