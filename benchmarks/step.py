@@ -30,8 +30,16 @@ torch.nn.RNN has only tanh and relu. Finally "engine overhead" times our engine'
 bare numpy loop of the same math (tanh RNN, readout, summed softmax cross-entropy, BPTT, norm
 clipping, SGD) written inline here, on charlm at batch 32 and the large tanh RNN.
 
+"Whole loop" (the tutorial configurations) times the engine's whole training loop, ``engine.train`` with
+the command line's observers (the tracker, off, and the progress bar), the task's per-step trace, the
+metrics, the history and the default diagnostics (``diagnostics.every=10``), against the bare step above
+and PyTorch's module step: a loop of ``--loop-steps`` updates, then as many bare steps, then as many
+module steps, alternately, per-step medians. The loop's time runs from its first update to the metrics
+of its last one (the final evaluation is not part of it; ``train.eval_every=0``); the bare and module steps
+go through the very batches the loop trains on.
+
     python benchmarks/step.py [--quick] [--dtype float32|float64|both] [--threads N] [--plot PATH] [--peak-size N]
-                              [--only NAME ...]
+                              [--only NAME ...] [--loop-steps N]
 
 Memory: PyTorch's CPU allocator is given transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, unless
 the environment sets it), as numpy gives its own large arrays (it madvises them by default). Without
@@ -71,7 +79,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: the framework an
 
 from common import blas_kernels  # noqa: E402
 
-from framework.core import engine, plugins  # noqa: E402
+from framework.cli import host  # noqa: E402
+from framework.core import engine  # noqa: E402
+from framework.core.hookspecs import hookimpl  # noqa: E402
 from framework.core.protocols import Batch  # noqa: E402
 from framework.nn.cells import ElmanCell, GRUCell, LSTMCell  # noqa: E402
 from framework.nn.clipping import clip_by_norm, global_norm  # noqa: E402
@@ -87,6 +97,7 @@ IMPLEMENTATIONS = ("ours", "module", "cells")
 LABELS = {"ours": "ours (numpy)", "module": "torch module", "cells": "torch cell loop"}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 OVERHEAD_CONFIGS = ("charlm B=32", "large rnn")  # timed against the bare numpy loop too
+LOOP_BUDGET = "small"  # the configurations whose whole training loop is timed too
 
 
 @dataclass(frozen=True)
@@ -277,7 +288,7 @@ class Composer:
     def __init__(self) -> None:
         from hydra import initialize_config_module
 
-        self.pm = plugins.manager()  # registers every component's Hydra options
+        self.pm = host.manager()  # every component's Hydra options; the command line's observers
         self.context = initialize_config_module(config_module="framework.conf", version_base="1.3")
         self.context.__enter__()
 
@@ -566,11 +577,14 @@ def time_alternately(steps: dict[str, Callable[[], Any]], budget: Budget) -> tup
     return {name: statistics.median(values) for name, values in times.items()}, rounds
 
 
-def build_run(spec: Spec, dtype: str, composer: Composer, folder: Path, threads: int) -> engine.Run:
-    """The engine's run of a configuration: clipping by norm only, nothing tracked, a generated text for
-    the large ones."""
+def build_run(
+    spec: Spec, dtype: str, composer: Composer, folder: Path, threads: int, extra: Sequence[str] = ()
+) -> engine.Run:
+    """The engine's run of a configuration (and the ``extra`` overrides): clipping by norm only, nothing tracked,
+    a generated text for the large ones."""
     overrides = [
         *spec.overrides,
+        *extra,
         f"dtype={dtype}",
         f"threads={threads}",
         "train.clip_value=null",
@@ -689,6 +703,59 @@ def engine_overhead(dtype: str, composer: Composer, folder: Path, spec: Spec, bu
     )
 
 
+# -- the whole training loop ----------------------------------------------------------
+
+
+class LoopClock:
+    """An observer of runs: when the run started, and when the metrics of its last update arrived."""
+
+    def __init__(self) -> None:
+        self.started = self.last = 0.0
+
+    @hookimpl
+    def framework_run_started(self, run: Any) -> None:
+        self.started = time.perf_counter()
+
+    @hookimpl
+    def framework_metrics_block(self, run: Any, block: Any) -> None:
+        self.last = time.perf_counter()
+
+
+def whole_loop(spec: Spec, dtype: str, composer: Composer, folder: Path, rounds: int, threads: int, steps: int) -> str:
+    """Per-step medians of the engine's whole loop, the bare step and PyTorch's module step: a table row.
+
+    A round: a fresh run trained for ``steps`` updates through ``engine.train_and_report`` (its per-step time from
+    its start to the metrics of its last update), then ``steps`` bare steps, then ``steps`` module steps, both on the
+    batches the loop trains on (charlm's names differ in length); one round of warm-up first.
+    """
+    extra = (f"train.steps={steps}", "train.eval_every=0")
+    first = build_run(spec, dtype, composer, folder, threads, extra)
+    batches = [next(first.batches) for _ in range(steps)]  # the loop's own batches (the same seed: the same stream)
+    bare, module = Ours(first, batches), Torch(first, batches, loop=False)
+    clock = LoopClock()
+    composer.pm.register(clock)
+    times: dict[str, list[float]] = {"loop": [], "bare": [], "module": []}
+    try:
+        for _ in range(rounds + 1):
+            run = build_run(spec, dtype, composer, folder, threads, extra)
+            gc.collect()
+            engine.train_and_report(run, composer.pm.hook)
+            times["loop"].append((clock.last - clock.started) / steps)
+            with threadpool_limits(limits=threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                for name, step in (("bare", bare.step), ("module", module.step)):
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        step()
+                    times[name].append((time.perf_counter() - start) / steps)
+    finally:
+        composer.pm.unregister(clock)
+    loop, step, torch_step = (statistics.median(values[1:]) for values in times.values())
+    return (
+        f"| {spec.name} | {dtype} | {loop * 1e6:.1f} | {step * 1e6:.1f} | {loop / step:.2f} | "
+        f"{torch_step * 1e6:.1f} | {torch_step / loop:.2f} | {rounds} |"
+    )
+
+
 # -- the report ---------------------------------------------------------------------
 
 
@@ -802,6 +869,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         metavar="NAME",
         help="only the configurations whose name starts with NAME (repeatable), e.g. --only 'large lstm' --only charlm",
     )
+    parser.add_argument(
+        "--loop-steps", type=int, default=None, help="updates per round of the whole-loop timing (1000; quick 20)"
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -875,6 +945,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for dtype in dtypes:
                     line = engine_overhead(dtype, composer, folder, spec, budget_of[spec.budget], args.threads)
                     print(line, flush=True)
+        looped = [s for s in specs if s.budget == LOOP_BUDGET]
+        if looped:
+            steps = args.loop_steps or (20 if args.quick else 1000)
+            print(
+                "\nWhole loop: the engine's training loop per update (engine.train with the command line's observers, "
+                "the task's trace, metrics, history, diagnostics.every=10; no evaluation), against the bare step "
+                f"above and PyTorch's module step; {steps} updates of each per round, alternately, medians.\n"
+            )
+            print(
+                "| config | dtype | whole loop (us/step) | bare step (us) | loop / bare | torch module step (us) | "
+                "torch module / loop | rounds |\n" + "|" + "---|" * 8
+            )
+            for spec in looped:
+                for dtype in dtypes:
+                    rounds = 2 if args.quick else 7
+                    print(whole_loop(spec, dtype, composer, folder, rounds, args.threads, steps), flush=True)
     composer.close()
     if any(r.spec.series for r in results):
         plot_scaling(results, args.plot)

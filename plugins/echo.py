@@ -359,12 +359,13 @@ def window_figure(
         rows, 2, width_ratios=(4, 1.2), left=0.07, right=0.97, bottom=0.07, top=0.88, wspace=0.15, hspace=0.12
     )
     steps = np.arange(start, start + inputs.shape[1])
+    series = (("input", "blue", 1.0, 1.0), ("target (echo)", "red", 0.8, 0.5), ("prediction", "green", 0.6, 0.3))
     unit_ticks = (-1.0 + (np.arange(units) + 0.5) / units) if units <= 8 else []
     for r in range(rows):
         ax = figure.add_subplot(grid[r, 0])
-        ax.bar(steps, inputs[r], width=1.0, color="blue", label="input")
-        ax.bar(steps, targets[r] * 0.5, width=0.8, color="red", label="target (echo)")
-        ax.bar(steps, predictions[r] * 0.3, width=0.6, color="green", label="prediction")
+        for (label, color, width, height), bits in zip(series, (inputs[r], targets[r], predictions[r]), strict=True):
+            ones = [(step - width / 2, width) for step in steps[np.asarray(bits) == 1]]  # one collection a series
+            ax.broken_barh(ones, (0, height), color=color, label=label)
         extent = (start - 0.5, steps[-1] + 0.5, -1.0, 0.0)
         ax.imshow(hidden[r].T, aspect="auto", origin="lower", extent=extent, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set(xlim=extent[:2], ylim=(-1.0, 1.05), ylabel=f"row {r + 1}")

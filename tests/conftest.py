@@ -137,6 +137,19 @@ def default_store(tmp_path: Path, store_template: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{seed_store(store_template, tmp_path / 'mlruns' / 'mlflow.db')}")
 
 
+def hook_of(*observers: object):
+    """The run-event hooks (``pm.hook``) of a plugin manager holding only ``observers``: for ``engine.train``."""
+    import pluggy
+
+    from framework.core import hookspecs
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for observer in observers:
+        pm.register(observer)
+    return pm.hook
+
+
 def one_line(stderr: str) -> str:
     """The stripped stderr, asserted to be a single line without a traceback."""
     text = stderr.strip()

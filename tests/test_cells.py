@@ -255,3 +255,22 @@ def test_every_cell_reports_its_states_and_gates_at_every_step(name):
     for key, value in expected.items():
         np.testing.assert_allclose(reported[key], value, rtol=1e-12, atol=1e-14, err_msg=key)
     np.testing.assert_array_equal(reported["h"], outputs)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_sigmoid_cell_folds_the_halving_into_its_weights_to_the_last_bit(dtype, monkeypatch):
+    """h_t = sigmoid(z_t) with the weights halved and sigmoid_of_half equals the same cell computing z_t and then
+    functions.sigmoid(z_t) (which halves z_t itself), bit for bit: forward states and every gradient."""
+    from framework.nn.functions import sigmoid
+
+    rng = np.random.default_rng(1)
+    x, h_0 = rng.standard_normal((B, T, I)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
+    d_outputs, d_state = rng.standard_normal((B, T, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
+    folded = run(make("rnn", dtype, {"activation": "sigmoid"}), x, h_0, d_outputs, d_state)
+    written = cells.Activation(1.0, lambda z, out: sigmoid(z, out=out), cells.ACTIVATIONS["sigmoid"].derivative)
+    monkeypatch.setitem(cells.ACTIVATIONS, "sigmoid", written)
+    plain = run(make("rnn", dtype, {"activation": "sigmoid"}), x, h_0, d_outputs, d_state)
+    assert np.array_equal(folded[0], plain[0]) and np.array_equal(folded[1], plain[1])
+    for name, grad in plain[2].params.items():
+        assert np.array_equal(folded[2].params[name], grad), name
+    assert np.array_equal(folded[2].state, plain[2].state)

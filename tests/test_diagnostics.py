@@ -103,6 +103,10 @@ def test_step_norms_ratio_and_flow():
     g[1, :, 1] = [4.0, 0.0, 1.0]
     g[1, 0, 0] = 3.0  # ||(3, 4)|| = 5
     np.testing.assert_allclose(step_norms(g), [(3 + 5) / 2, 0.5, 1.5])  # n_k = mean_b ||g_bk||
+    for shape, dtype in (((1, 8, 16), "float64"), ((32, 10, 50), "float32"), ((5, 15, 4), "float64")):
+        wide = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+        expected = np.linalg.norm(wide.astype(np.float64), axis=-1).mean(axis=0)
+        assert np.array_equal(step_norms(wide), expected)  # numpy's norm and mean, to the last bit
     assert ratio(np.array([8.0, 1.0, 2.0])) == 4.0
     assert ratio(np.array([1.0, 0.0])) is None and ratio(np.array([np.inf, 1.0])) is None
     assert flow_of(stepped(None)) is None

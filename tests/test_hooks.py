@@ -91,7 +91,7 @@ def test_hook_framework_register_optimizers(pm, add_plugin, compose):
 
 
 def test_hook_framework_register_cells(pm, add_plugin, compose):
-    from framework.nn.cells import ElmanCell
+    from framework.nn.cells import ACTIVATIONS, ElmanCell
     from framework.nn.init import InitConfig
 
     @dataclass
@@ -109,7 +109,8 @@ def test_hook_framework_register_cells(pm, add_plugin, compose):
 
     add_plugin(Plugin(), "relu")
     run = engine.build(compose("cell=relu_rnn", "tracking.enabled=false"), pm)
-    assert run.task.model.cell.f_prime is not None and set(run.task.model.params) == {"cell.Wx", "cell.Wh", "cell.b"}
+    assert run.task.model.cell.activation is ACTIVATIONS["relu"]
+    assert set(run.task.model.params) == {"cell.Wx", "cell.Wh", "cell.b"}
 
 
 def test_hook_framework_register_losses(pm, add_plugin, compose):
@@ -323,6 +324,46 @@ def test_hook_framework_metrics(pm, add_plugin, compose):
     assert metrics == [
         ("metrics", k, sorted(["grad_norm", "loss", "w_rec", "w_x", *flow * (k == 0)])) for k in range(3)
     ]
+
+
+class BlockRecorder(Recorder):
+    """A recorder of the metrics in blocks, and of the other events between them; no per-update hook."""
+
+    framework_metrics = None  # not a hook implementation here
+
+    @hookimpl
+    def framework_metrics_block(self, run, block):
+        self.events.append(("block", [(step, sorted(metrics)) for step, metrics in block]))
+
+
+def test_hook_framework_metrics_block(pm, add_plugin, compose):
+    """Every update's metrics in exactly one block, in order, each block before the evaluation and checkpoint after
+    it; the per-update hook is not called when no plugin implements it."""
+    recorder = add_plugin(BlockRecorder(), "blocks")
+    engine.execute(compose("tracking.enabled=false", "train.steps=7", "train.eval_every=3"), pm=pm)
+    assert not pm.hook.framework_metrics.get_hookimpls()
+    kinds = [e[0] for e in recorder.events]
+    assert kinds == ["started", "block", "evaluation", "block", "evaluation", "block", "evaluation", "ended"]
+    blocks = [e[1] for e in recorder.events if e[0] == "block"]
+    assert [[step for step, _ in block] for block in blocks] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert blocks[0][0][1] == sorted(["grad_flow_ratio", "grad_norm", "loss", "w_rec", "w_x"])
+
+
+def test_metrics_blocks_last_at_most_a_tenth_of_a_second(pm, add_plugin, compose, monkeypatch):
+    recorder = add_plugin(BlockRecorder(), "blocks")
+    monkeypatch.setattr(engine, "BLOCK_SECONDS", 0.0)  # every update ends a block
+    engine.execute(compose("tracking.enabled=false", "train.steps=3"), pm=pm)
+    assert [[step for step, _ in e[1]] for e in recorder.events if e[0] == "block"] == [[0], [1], [2]]
+
+
+def test_a_block_is_handed_on_when_training_stops_at_an_error(pm, add_plugin, compose):
+    """Ctrl-C at update 3 (an observer of single updates raises): the blocks hold updates 0-3, before the end."""
+    blocks = add_plugin(BlockRecorder(), "blocks")
+    add_plugin(Recorder(interrupt_at=3), "interrupter")
+    with pytest.raises(KeyboardInterrupt):
+        engine.execute(compose("tracking.enabled=false"), pm=pm)
+    steps = [step for e in blocks.events if e[0] == "block" for step, _ in e[1]]
+    assert steps == [0, 1, 2, 3] and blocks.events[-1][0] == "ended"
 
 
 def test_hook_framework_evaluation(pm, add_plugin, compose):

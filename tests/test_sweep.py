@@ -158,3 +158,16 @@ def test_cluster_launchers_run_jobs_as_children(cli, default_store, launcher):
 def test_tracking_disabled_sweep_opens_no_parent(cli, tmp_path):
     assert cli("--multirun", "seed=0,1", "train.steps=5", "tracking.enabled=false").returncode == 0
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_python_sweep_runs_one_job_per_core_by_default(monkeypatch):
+    """framework.sweep: as many worker processes as cores, at most one per job; jobs=1 runs them here."""
+    from framework.cli import api
+
+    seen = []
+    monkeypatch.setattr(api, "run_jobs", lambda jobs, workers, sweep_id: seen.append((len(jobs), workers)) or [])
+    monkeypatch.setattr(api.os, "cpu_count", lambda: 2)
+    api.sweep("counting", seed=[0, 1, 2], tracking={"enabled": False})
+    api.sweep("counting", seed=[0], tracking={"enabled": False})
+    api.sweep("counting", seed=[0, 1, 2], jobs=1, tracking={"enabled": False})
+    assert seen == [(3, 2), (1, 1), (3, 1)]

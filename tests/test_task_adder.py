@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_no_runs, one_line, runs_of
+from conftest import assert_no_runs, hook_of, one_line, runs_of
 
 from framework.core import engine, plugins
+from framework.core.hookspecs import hookimpl
 from framework.nn.functions import sigmoid
 from plugins.adder import PAIRS_PER_DRAW, AdditionDataset, bit_string, carries, from_bits, to_bits
 
@@ -21,14 +22,12 @@ def build(compose, *overrides: str) -> engine.Run:
 
 
 class FirstSolved:
-    """A hook that remembers the step of the first evaluation with accuracy 1."""
+    """An observer that remembers the step of the first evaluation with accuracy 1."""
 
     def __init__(self) -> None:
         self.step: int | None = None
 
-    def framework_metrics(self, run, step, metrics) -> None:
-        pass
-
+    @hookimpl
     def framework_evaluation(self, run, step, evaluation, final) -> None:
         if self.step is None and evaluation.metrics["accuracy"] == 1.0:
             self.step = step
@@ -153,7 +152,7 @@ def test_the_reference_run_holds_the_carry_and_draws_it(compose):
     """After the reference recipe a direction of the hidden state tracks the carry out of every bit (R > 0.95), and
     one unit alone nearly does; the figure shows every unit's correlation at every position and that unit."""
     run = build(compose, "seed=0")
-    final = engine.train(run, FirstSolved())
+    final = engine.train(run, hook_of(FirstSolved()))
     assert final.metrics["accuracy"] == 1.0
     units = final.tables["hidden_units"]
     assert units["signal"] == ["the carry out of bit k"]
@@ -183,7 +182,7 @@ def test_wide_numbers_are_evaluated_on_a_fixed_sample(compose):
 def test_minibatches_of_32_learn(compose):
     """train.batch_size=32 with the same lr 0.1 (a step per pair, summed over the batch) solves it fast."""
     run = build(compose, "train.batch_size=32", "train.steps=1000", "task.stop_when_solved=true")
-    final = engine.train(run, FirstSolved())
+    final = engine.train(run, hook_of(FirstSolved()))
     assert final.metrics["accuracy"] == 1.0 and final.stop
 
 
@@ -214,6 +213,22 @@ def test_tracked_run_logs_accuracy_sums_and_figure(cli, default_store):
     assert units["columns"] == ["signal", "unit", "r", "direction_r"]
 
 
+def test_a_short_tracked_run_sends_its_metrics_in_one_message(default_store, tmp_path, monkeypatch):
+    """Metrics go to the recording process every 5 s or by the 1000 (one store transaction each): a run of a second
+    sends them once, at its end, every value still recorded."""
+    import framework
+    from framework.tracking.connection import RecordingProcess
+
+    sent = []
+    send = RecordingProcess.send
+    monkeypatch.setattr(RecordingProcess, "send", lambda self, op, **kw: (sent.append(op), send(self, op, **kw)))
+    monkeypatch.chdir(tmp_path)
+    result = framework.run("adder", "task.stop_when_solved=false", train={"steps": 300, "eval_every": 100})
+    assert sent.count("metrics") == 1
+    assert [m.step for m in default_store.get_metric_history(result.run_id, "accuracy")] == [100, 200, 300]
+    assert [m.step for m in default_store.get_metric_history(result.run_id, "loss")] == [*range(0, 300, 10), 299]
+
+
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
@@ -238,7 +253,7 @@ def test_reference_recipe_adds_every_pair(compose, seed):
     """docs/tasks.md: after 10000 one-pair steps every one of the 128 x 128 sums is right."""
     run = build(compose, f"seed={seed}")
     solved = FirstSolved()
-    final = engine.train(run, solved)
+    final = engine.train(run, hook_of(solved))
     assert final.metrics["accuracy"] == 1.0
     assert solved.step is not None and solved.step <= 9000
 
@@ -247,4 +262,4 @@ def test_reference_recipe_adds_every_pair(compose, seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_minibatch_32_adds_every_pair(compose, seed):
     run = build(compose, f"seed={seed}", "train.batch_size=32", "train.steps=2000")
-    assert engine.train(run, FirstSolved()).metrics["accuracy"] == 1.0
+    assert engine.train(run, hook_of(FirstSolved())).metrics["accuracy"] == 1.0

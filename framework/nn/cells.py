@@ -57,12 +57,30 @@ from framework.core.protocols import CellGradients
 from framework.nn.functions import column_sums, sigmoid
 from framework.nn.init import InitConfig, init_weights
 
-# activation f, written into ``out``, and its derivative written in terms of the output h = f(z)
-ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], object], Callable[[np.ndarray], np.ndarray]]] = {
-    "identity": (lambda z, out: np.copyto(out, z), np.ones_like),
-    "tanh": (lambda z, out: np.tanh(z, out=out), lambda h: 1.0 - h * h),
-    "sigmoid": (lambda z, out: sigmoid(z, out=out), lambda h: h * (1.0 - h)),
-    "relu": (lambda z, out: np.maximum(z, 0.0, out=out), lambda h: (h > 0).astype(h.dtype)),
+
+def sigmoid_of_half(u: np.ndarray, out: np.ndarray) -> None:
+    """h = sigmoid(z) = (1 + tanh(u)) / 2 from u = z / 2, into ``out``: :func:`~framework.nn.functions.sigmoid`
+    without its first step, the halving, which the Elman cell folds into its weights."""
+    np.tanh(u, out=out)
+    out += 1.0
+    out *= 0.5
+
+
+@dataclass(frozen=True)
+class Activation:
+    """h = f(z) computed from s z, s a power of two that the cell folds into its weights (exactly: z / 2 from the
+    weights halved is the halved z, to the last bit), and f's derivative in terms of h."""
+
+    scale: float  # s
+    of_scaled: Callable[[np.ndarray, np.ndarray], object]  # (s z, out) -> f(z) into out
+    derivative: Callable[[np.ndarray], np.ndarray]  # h -> f'(z)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "identity": Activation(1.0, lambda z, out: np.copyto(out, z), np.ones_like),
+    "tanh": Activation(1.0, lambda z, out: np.tanh(z, out=out), lambda h: 1.0 - h * h),
+    "sigmoid": Activation(0.5, sigmoid_of_half, lambda h: h * (1.0 - h)),
+    "relu": Activation(1.0, lambda z, out: np.maximum(z, 0.0, out=out), lambda h: (h > 0).astype(h.dtype)),
 }
 
 # The cells work time-major inside: a sequence of (B, T, .) arrives and leaves batch-major, as the
@@ -166,7 +184,7 @@ class ElmanCell:
         dtype: np.dtype,
     ) -> None:
         self.hidden_size = hidden_size
-        self.f, self.f_prime = ACTIVATIONS[activation]
+        self.activation = ACTIVATIONS[activation]
         self.params = {
             "Wx": init_weights((input_size, hidden_size), init, hidden_size, rng, dtype),
             "Wh": init_weights((hidden_size, hidden_size), init, hidden_size, rng, dtype),
@@ -180,16 +198,18 @@ class ElmanCell:
 
     def forward(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
+        s, f_of_scaled = self.activation.scale, self.activation.of_scaled
         Wh_T = recurrent_weights(self.params["Wh"])
-        Wh = Wh_T.T
+        Wh = (Wh_T if s == 1 else Wh_T * s).T  # s Wh: every product gives s z_t directly
+        W_in = input_weights(self.params["Wx"], self.params.get("b"))
         x_steps = inputs_with_ones(x, "b" in self.params)
         h = with_initial(state, x.shape[1])  # h[t] = h_t, h[0] = h_0
-        project(x_steps, input_weights(self.params["Wx"], self.params.get("b")), out=h[1:])  # z_t, activated below
+        project(x_steps, W_in if s == 1 else W_in * s, out=h[1:])  # s z_t, activated below
         recurrent = np.empty_like(state)
         for t in range(1, h.shape[0]):
             z_t = h[t]
             z_t += np.dot(h[t - 1], Wh, out=recurrent)
-            self.f(z_t, z_t)
+            f_of_scaled(z_t, z_t)
         return swap_time_and_batch(h[1:]), h[-1], (x_steps, h, Wh_T)
 
     def states_and_gates(self, cache: tuple) -> dict[str, np.ndarray]:
@@ -200,7 +220,7 @@ class ElmanCell:
         """BPTT: the gradients of Wx, Wh, b, the inputs and h_0 (equations in the module docstring)."""
         x_steps, h, Wh_T = cache
         d_out = swap_time_and_batch(d_outputs)
-        dz = self.f_prime(h[1:])  # f'(z_t) of every step at once, times dh_t in place below
+        dz = self.activation.derivative(h[1:])  # f'(z_t) of every step at once, times dh_t in place below
         dh_steps = np.empty_like(dz)
         dh_next = np.zeros_like(h[0]) if d_state is None else d_state
         back = np.empty_like(h[0])  # dz_t Wh^T, read by the next step before it is overwritten

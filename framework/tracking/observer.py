@@ -2,10 +2,10 @@
 
 What a run records: the flattened config as params, the composed config and the command-line overrides as
 YAML artifacts, the command line, task, objective and git commit as tags, the per-step metrics every
-``tracking.log_every`` steps (the whole history is in the run's checkpoint), every evaluation's metrics,
-sampled outputs as text, tables (MLflow's table view) and figures as PNGs (unless ``tracking.figures=false``),
-the checkpoints, the trained network as the MLflow model ``model``, and the final status with the error that
-ended it.
+``tracking.log_every`` steps (sent at least every 5 s; the whole history is in the run's checkpoint), every
+evaluation's metrics, sampled outputs as text, tables (MLflow's table view) and figures as PNGs (unless
+``tracking.figures=false``), the checkpoints, the trained network as the MLflow model ``model``, and the final
+status with the error that ended it.
 
 The training process never imports MLflow: every event becomes a message to the recording process
 (:mod:`framework.tracking.recorder`), which writes to the store while training goes on. At the end the run
@@ -26,7 +26,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ ENTRY_BYTES = 64  # room reserved per metric value in the fallback file (a JSON 
 RESERVED_KEYS = 8  # metrics per logged step and per evaluation the fallback file is reserved for, until they are known
 NOTICE_AFTER = 3.0  # seconds a run waits for its recording at its end before it says what it is waiting for
 CLOSE_WAIT = 10.0  # seconds given to a new recording process to close a run the stuck one left open
+SEND_EVERY = 5.0  # seconds: buffered metrics go to the recording process at least this often (and by the 1000);
+# each message is a transaction of the store (40-80 ms of the recording process with SQLite), so a short run sends
+# its metrics once, at its end, where one message per evaluation was a recorder's largest cost after MLflow's imports
 
 
 @contextlib.contextmanager
@@ -130,6 +133,7 @@ class Recording:
     scratch: Path  # figures, checkpoints and model files until they are logged
     token: int  # the process's number for this run
     buffer: list[list[Any]] = field(default_factory=list)  # [key, value, ms, step] not yet sent
+    sent_at: float = field(default_factory=time.monotonic)  # when metrics were last sent (or the run started)
     pending: dict[int, list[list[Any]]] = field(default_factory=dict)  # seq -> metrics sent, not yet confirmed
     unlogged: tuple[int, Mapping[str, float]] | None = None  # the last step's metrics if not logged: sent at the end
 
@@ -209,17 +213,18 @@ class MlflowTracker:
         log.info("Recording the run in experiment %r at %s", run.experiment, uri)
 
     @hookimpl
-    def framework_metrics(self, run: RunInfo, step: int, metrics: Mapping[str, float]) -> None:
+    def framework_metrics_block(self, run: RunInfo, block: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         recording = self.recording
         if recording is None:
             return
-        if step % recording.log_every and step != run.steps - 1:
-            recording.unlogged = (step, metrics)
-            return
-        recording.unlogged = None
-        recording.fallback.known(metrics, evaluation=False)  # room for this many at every logged step
-        self.buffer(recording, step, metrics)
-        if len(recording.buffer) >= METRICS_PER_BATCH:
+        for step, metrics in block:
+            if step % recording.log_every and step != run.steps - 1:
+                recording.unlogged = (step, metrics)
+                continue
+            recording.unlogged = None
+            recording.fallback.known(metrics, evaluation=False)  # room for this many at every logged step
+            self.buffer(recording, step, metrics)
+        if self.due(recording):
             self.flush()
 
     @hookimpl
@@ -229,7 +234,10 @@ class MlflowTracker:
             return
         recording.fallback.known(evaluation.metrics, evaluation=True)
         self.buffer(recording, step, evaluation.metrics)
-        self.flush()
+        if self.due(recording):
+            self.flush()
+        else:
+            self.check(recording)
         folder = "" if final else f"step_{step:07d}/"
         for name, text in evaluation.samples.items():
             recording.process.send("text", data=text, path=f"samples/{folder}{name}.txt")
@@ -296,10 +304,21 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         recording.buffer.extend([key, float(value), now, step] for key, value in metrics.items())
 
+    @staticmethod
+    def due(recording: Recording) -> bool:
+        """Whether the buffered metrics are to be sent now: :data:`METRICS_PER_BATCH` of them, or :data:`SEND_EVERY`
+        seconds since the last message."""
+        return len(recording.buffer) >= METRICS_PER_BATCH or time.monotonic() - recording.sent_at >= SEND_EVERY
+
     def flush(self) -> None:
         """Send the buffered metrics; raise if recording failed, so that the run stops (its end says the rest)."""
         recording = self.recording
         self.send_metrics(recording)
+        self.check(recording)
+
+    @staticmethod
+    def check(recording: Recording) -> None:
+        """Raise :class:`TrackingError` if recording failed, so that the run stops (its end says the rest)."""
         failure = recording.failure()
         if failure is not None:
             raise TrackingError(failure)
@@ -310,6 +329,7 @@ class MlflowTracker:
         if not recording.buffer:
             return
         entries, recording.buffer = recording.buffer, []
+        recording.sent_at = time.monotonic()
         seq = recording.process.next_seq()
         recording.pending[seq] = entries
         for done in [done for done in recording.pending if done <= recording.process.stored]:
