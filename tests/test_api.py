@@ -81,6 +81,7 @@ def test_the_command_line_gives_the_same_line(here, tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == f"framework: error: {raised.value}"
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_process_do_not_see_each_other(here):
     """Two runs one after another in a process (a notebook): each composes its own config (Hydra's state is cleared),
     each is its own MLflow run, and the second is as it would be alone."""
@@ -96,6 +97,7 @@ def test_two_runs_in_one_process_do_not_see_each_other(here):
     }
 
 
+@pytest.mark.slow
 def test_a_sweep_from_python(here):
     """framework.sweep: every combination of the list-valued settings, each a run nested under one parent, jobs=2 at a
     time in worker processes; the results come back in order."""

@@ -303,6 +303,7 @@ def test_the_recorded_checkpoint_is_the_announced_one_though_its_file_was_replac
     assert checkpoint.load(recorded).step == 300
 
 
+@pytest.mark.slow
 def test_resume_refusals_are_one_line(cli, default_store):
     result = cli("task=adder", "train.steps=20", "model.log=false")
     assert result.returncode == 0, result.stderr

@@ -325,6 +325,7 @@ def test_list_and_docs_explain_themselves_and_take_no_arguments(cli, tmp_path, c
     assert not list(tmp_path.iterdir())  # no run, no store, no output folder
 
 
+@pytest.mark.slow
 def test_help_names_every_subcommand_and_each_explains_itself(cli):
     helped = cli("--help")
     assert helped.returncode == 0, helped.stderr

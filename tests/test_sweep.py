@@ -22,6 +22,7 @@ def summary(client: MlflowClient, parent) -> dict[str, list]:
     return {column: [row[i] for row in table["data"]] for i, column in enumerate(table["columns"])}
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_recorded_and_the_parent_counts_it(cli, default_store):
     """SGD on counting without its recipe's clipping diverges; with it, it does not."""
     result = cli("--multirun", "optim=sgd", "train.clip_value=null,10", "train.steps=30")
@@ -84,6 +85,7 @@ def test_best_child_follows_the_objective_direction(cli, default_store):
     assert parent.data.metrics["best_error"] == best.data.metrics["error"]
 
 
+@pytest.mark.slow
 def test_ties_for_the_best_run_are_reported_and_broken_by_name(cli, default_store):
     """Two jobs that both add every pair right tie for the best accuracy: the note says so, and the best is the first
     by run name, whichever finished first."""

@@ -147,6 +147,7 @@ def framework_metrics(run, step, metrics):
 """
 
 
+@pytest.mark.slow
 def test_a_plugin_calling_sys_exit_mid_run_fails_the_run_in_one_line(cli, install_plugin, default_store):
     """A plugin's hook calling sys.exit(0) during a run -> not a quiet exit 0: exit 1, one line naming the plugin and
     its function, the run FAILED."""
@@ -171,6 +172,7 @@ def framework_run_ended(run, status, error):
 """
 
 
+@pytest.mark.slow
 def test_an_observer_raising_at_the_end_leaves_the_recorded_status(cli, install_plugin, default_store):
     """A plugin raising in framework_run_ended -> the run is still recorded as it ended (FINISHED, with its model),
     and the command says, in one line, which plugin failed."""
@@ -208,6 +210,7 @@ def framework_register_optimizers(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_recipe_naming_an_unknown_option_is_refused_when_the_plugin_loads(cli, install_plugin, default_store):
     """A plugin's recipe for a task naming an option that does not exist -> one line naming the plugin, the recipe and
     the option, when the plugin loads; the optimizer itself still works, with its defaults and the task's regime, and

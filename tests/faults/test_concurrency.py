@@ -61,6 +61,7 @@ def test_sixteen_jobs_into_a_tracking_server(cli, tmp_path):
     assert not [pid for pid in helpers if alive(pid)], "the server left processes behind"
 
 
+@pytest.mark.slow
 def test_runs_and_sweeps_started_at_once_have_a_folder_each(tmp_path):
     """16 runs, and two sweeps, started at the same moment in one folder -> each run and each sweep job has an output
     folder of its own, holding its own config and checkpoint (before, same-second runs shared one and overwrote each

@@ -150,6 +150,7 @@ def test_a_full_disk_keeps_every_metric_in_a_whole_fallback_file(tmp_path, store
     assert steps == list(range(steps[0], steps[-1] + 1))  # none missing in between
 
 
+@pytest.mark.slow
 def test_a_server_that_does_not_answer(cli, tmp_path):
     """A tracking server that refuses the connection, or accepts it and never answers -> exit 1 before the first step
     (of a run or of any job of a sweep), one line naming the server, within seconds."""
@@ -284,6 +285,7 @@ def test_a_store_whose_artifact_folder_breaks_mid_run_records_the_run_failed(cli
     assert_every_step_kept(store, run_id, fallback)
 
 
+@pytest.mark.slow
 def test_no_process_is_left_after_runs_that_finish_or_fail(cli, tmp_path):
     """A run that finishes, one that fails before training (a bad store), and `--cfg job`, which runs nothing ->
     no process of theirs is left running (the recording process ends with its command)."""
