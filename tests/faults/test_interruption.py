@@ -85,7 +85,7 @@ def test_ctrl_c_records_killed_with_a_final_checkpoint(default_store, tmp_path, 
     assert run.data.tags["error"] == "interrupted (SIGINT)"
     saved = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.npz")
     steps = steps_of(default_store, run.info.run_id, "grad_norm")
-    assert steps == [*range(0, saved.step, 10), saved.step - 1]  # every 10th step and the last, nothing lost
+    assert steps == sorted({*range(0, saved.step, 10), saved.step - 1})  # every 10th step and the last
     assert len(saved.history["grad_norm"]) == saved.step  # every step's, in the checkpoint
     artifact = default_store.download_artifacts(run.info.run_id, "checkpoints/last.npz", str(tmp_path / "artifact"))
     assert checkpoint.load(artifact).step == saved.step > 2000
