@@ -109,16 +109,27 @@ def store_template(tmp_path_factory) -> Path:
     """An empty MLflow SQLite database whose tables MLflow has already created.
 
     Creating the tables of a fresh store costs MLflow several seconds of schema
-    migrations (mostly fsync). Tests whose subject is not store creation start
-    from a copy, like a user who has run before; the concurrency test and the
-    error tests start from nothing.
+    migrations (mostly fsync), up to 20 s on a busy machine. Tests whose subject is not
+    store creation start from a copy, like a user who has run before; the concurrency
+    test and the error tests start from nothing. The workers of a parallel run
+    (pytest-xdist) share one template: the first to get there makes it, the others wait.
     """
     from mlflow import MlflowClient
 
-    database = tmp_path_factory.getbasetemp() / "store-template" / "mlflow.db"
-    if not database.exists():
-        database.parent.mkdir(parents=True, exist_ok=True)
-        MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None  # the session's folder holds every worker's
+    root = tmp_path_factory.getbasetemp().parent if shared else tmp_path_factory.getbasetemp()
+    database = root / "store-template" / "mlflow.db"
+    try:
+        os.mkdir(database.parent)  # atomic: exactly one worker makes the template
+    except FileExistsError:
+        deadline = time.monotonic() + 300
+        while not database.exists():
+            assert time.monotonic() < deadline, f"no store template at {database} after 300 s"
+            time.sleep(0.1)
+        return database
+    scratch = database.with_name("making.db")
+    MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments()
+    os.replace(scratch, database)  # whole, or not there
     return database
 
 

@@ -7,6 +7,7 @@ Each plugin is installed the way pip would (a module plus a dist-info with a
 
 from __future__ import annotations
 
+import pytest
 from conftest import assert_no_runs, one_line, runs_of
 from mlflow import MlflowClient
 
@@ -151,6 +152,7 @@ def test_plugin_optimizer_options_are_validated(cli, install_plugin, tmp_path):
 # -- broken and conflicting plugins --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plugin_failing_to_import_is_reported_once_and_skipped(cli, install_plugin, default_store):
     env = install_plugin("brokenplugin", BROKEN)
     result = cli("train.steps=5", "tracking.log_every=1", env=env)

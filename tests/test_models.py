@@ -210,6 +210,7 @@ def test_registering_the_model(cli, default_store):
     assert default_store.get_model_version_download_uri("counter", "1") == model.artifact_location
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [("task=counting", "train.steps=5", "model.log=false"), ("task=srn",)])
 def test_runs_that_log_no_model(cli, default_store, overrides):
     result = cli(*overrides)

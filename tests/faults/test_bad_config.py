@@ -272,6 +272,7 @@ def test_mistakes_found_late_before_are_refused_before_training(args, line):
     check_refused(Case(args, line))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "line"), [pytest.param(*case, id=" ".join(case[0])) for case in HYDRA_REFUSALS])
 def test_command_lines_hydra_cannot_compose_are_refused_in_one_line(args, line):
     """Command lines Hydra itself rejects (parse errors, conflicting modes, a sweep without --multirun, a group removed,

@@ -32,6 +32,7 @@ def memory_filling_line() -> str:
         pytest.param(None, "GiB available)", id="one line filling memory"),
     ],
 )
+@pytest.mark.slow
 def test_unreadable_data_file_is_refused_before_any_run(cli, tmp_path, content, reason):
     """A charlm data file that is empty, binary, not UTF-8, or one line too long to hold -> exit 2, one line naming
     the file and what is wrong with it, no MLflow run."""

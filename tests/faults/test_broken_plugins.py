@@ -60,6 +60,7 @@ def framework_register_optimizers(register):
         ),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_a_plugin_raising_mid_run_fails_the_run_in_one_line(
     cli, install_plugin, default_store, tmp_path, source, args, where, error, steps
 ):
@@ -116,6 +117,7 @@ sys.exit("no config found")
     ],
     ids=["raises registering", "wrong hook signature", "sys.exit on import"],
 )
+@pytest.mark.slow
 def test_a_plugin_that_cannot_load_is_one_line(cli, install_plugin, default_store, source, problem):
     """A plugin raising in its registration hook, with a hook that does not fit its spec, or calling sys.exit on import
     -> one warning line naming it, and the run goes on without it; with strict loading, exit 2 with that line as an

@@ -55,6 +55,7 @@ def framework_metrics(run, step, metrics):
 AT, EVERY = 7, 3  # poisoned step, checkpoint interval: the last good checkpoint is after step 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_poisoned_gradient_stops_the_run_at_that_step(cli, install_plugin, default_store, tmp_path, value):
     """NaN or inf injected into a gradient at step 7 -> exit 1, one line naming step 7, the run FAILED with the

@@ -21,6 +21,7 @@ from framework.core.data import MAX_FILE_BYTES
 from framework.core.errors import CheckpointError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "device", "folder", "too large"])
 def test_a_data_file_that_is_no_regular_file_or_too_large_is_refused_unread(cli, tmp_path, kind):
     """A FIFO (reading it would hang), /dev/zero (endless), a folder, or a file over 64 MiB as charlm's names -> exit
