@@ -173,3 +173,44 @@ def test_a_python_sweep_runs_one_job_per_core_by_default(monkeypatch):
     api.sweep("counting", seed=[0], tracking={"enabled": False})
     api.sweep("counting", seed=[0, 1, 2], jobs=1, tracking={"enabled": False})
     assert seen == [(3, 2), (1, 1), (3, 1)]
+
+
+def runs_with(*params: dict[str, str]) -> list:
+    """Finished MLflow runs holding only these params, as the parent's summary reads its children."""
+    from mlflow.entities import Param, Run, RunData, RunInfo
+
+    return [
+        Run(
+            RunInfo(f"r{i}", "1", "user", "FINISHED", 0, 1, "active", run_name=f"job {i}"),
+            RunData(params=[Param(key, value) for key, value in p.items()]),
+        )
+        for i, p in enumerate(params)
+    ]
+
+
+def test_the_objective_is_drawn_against_what_was_swept_not_what_its_recipes_bring():
+    """A recipe's settings that follow the swept cell (its init, its forget bias) get no figure of their own; the
+    cell and every independent swept value do; a preset plot's keys are not drawn twice."""
+    from framework.tracking.sweep import SweepPlot, swept
+
+    cells = {"rnn": ("1.0", "None"), "lstm": ("0.5", "1.0"), "gru": ("0.5", "None")}
+    children = runs_with(
+        *(
+            {
+                "cell.name": cell,
+                "cell.init.high": high,
+                "cell.forget_bias": bias,
+                "dataset.echo_step": step,
+                "seed": seed,
+            }
+            for cell, (high, bias) in cells.items()
+            for step in ("3", "15")
+            for seed in ("0", "1")
+        )
+    )
+    assert swept(children) == ["cell.name", "dataset.echo_step"]
+    plot = SweepPlot(x="dataset.echo_step", lines="cell.name", metrics=("accuracy",))
+    assert swept(children, (plot.x, plot.lines)) == []
+    # a recipe setting that takes a value per optimizer leads no more than the optimizer's choice itself
+    two = runs_with({"optim.name": "sgd", "optim.lr": "0.1"}, {"optim.name": "adam", "optim.lr": "0.03"})
+    assert swept(two) == ["optim.name"]

@@ -314,10 +314,35 @@ def log_plots(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot
         client.log_figure(run_id, plot_figure(table, plot, metric), f"figures/{metric}_by_{plot.name}.png")
 
 
-def swept(children: Sequence[Any]) -> list[str]:
-    """The parameters a sweep's figures are drawn against: those that vary, but the seed (its spread is the band) and
-    the run names; a recipe's settings that follow a swept component are drawn too."""
-    return [key for key in varying_params(children) if key != "seed"]
+def follows(children: Sequence[Any], key: str, other: str) -> bool:
+    """Whether the value of ``key`` follows from that of ``other`` in every child (a recipe's setting from the swept
+    cell or optimizer), and ``other`` takes more values, or as many and leads: a component's ``.name``, else the
+    shorter key."""
+    values: dict[str | None, str | None] = {}
+    for child in children:
+        lead, value = child.data.params.get(other), child.data.params.get(key)
+        if values.setdefault(lead, value) != value:
+            return False
+    led = {child.data.params.get(key) for child in children}
+    return len(values) > len(led) or (len(values) == len(led) and precedence(other) < precedence(key))
+
+
+def precedence(key: str) -> tuple[bool, int, str]:
+    """The order in which of two keys that follow from each other the first leads: a component's choice
+    (``cell.name``), then the shorter key."""
+    return not key.endswith(".name"), key.count("."), key
+
+
+def swept(children: Sequence[Any], drawn: Sequence[str] = ()) -> list[str]:
+    """The parameters a sweep's objective is drawn against: those that vary, but the seed (its spread is the band),
+    the run names, the keys in ``drawn`` (a plot of the sweep has them) and those that follow from another (the
+    settings a swept component's recipe brings)."""
+    keys = [key for key in varying_params(children) if key != "seed"]
+    return [
+        key
+        for key in keys
+        if key not in drawn and not any(follows(children, key, other) for other in keys if other != key)
+    ]
 
 
 def objective_figure(children: Sequence[Any], key: str, metric: str):
@@ -347,14 +372,15 @@ def objective_figure(children: Sequence[Any], key: str, metric: str):
     return figure
 
 
-def log_objective_figures(client: Any, run_id: str, children: Sequence[Any]) -> None:
+def log_objective_figures(client: Any, run_id: str, children: Sequence[Any], plot: SweepPlot | None = None) -> None:
     """One figure of the objective against each swept parameter into the parent run: ``figures/<metric>_by_<key>.png``
-    (nothing without a common objective)."""
+    (nothing without a common objective; not against the keys of a ``plot`` of the objective, which draws them)."""
     objective = objective_of(children)
     if objective is None:
         return
     metric = objective[0]
-    for key in swept(children):
+    drawn = (plot.x, *([plot.lines] if plot.lines else [])) if plot is not None and metric in plot.metrics else ()
+    for key in swept(children, drawn):
         client.log_figure(run_id, objective_figure(children, key, metric), f"figures/{metric}_by_{key}.png")
 
 
@@ -388,7 +414,7 @@ def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) ->
     if children:
         client.log_table(run_id, summary_table(children), "summary.json")
         try:
-            log_objective_figures(client, run_id, children)
+            log_objective_figures(client, run_id, children, plot)
         except Exception as error:  # the summary stands without the figures; the run must still end
             log.error("could not draw the objective of sweep run %s: %s", run_id, one_line(error))
     if children and plot is not None:
