@@ -388,7 +388,12 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
                     evaluation = run.task.evaluate(done, run.history.values, final=False)
                     run.follow.evaluated(done, evaluation.metrics, time.perf_counter() - started)
                     if evaluation.stop:  # the final evaluation below reports this step
-                        log.info("%s: the task asked to stop after %d steps", run.info.task, done)
+                        log.info(
+                            "%s: stopped early at step %d of %d: its result is reached (the task's stop rule)",
+                            run.info.task,
+                            done,
+                            settings.steps,
+                        )
                         break
                     hook.framework_evaluation(run=run.info, step=done, evaluation=evaluation, final=False)
                 if checkpointing:
