@@ -7,6 +7,7 @@ store is read back with MlflowClient.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 import yaml
@@ -86,16 +87,16 @@ def test_best_child_follows_the_objective_direction(cli, default_store):
 
 
 @pytest.mark.slow
-def test_ties_for_the_best_run_are_reported_and_broken_by_name(cli, default_store):
-    """Two jobs that both add every pair right tie for the best accuracy: the note says so, and the best is the first
-    by run name, whichever finished first."""
+def test_ties_for_the_best_run_are_reported_and_broken_by_steps_then_name(cli, default_store):
+    """Two jobs that both add every pair right tie for the best accuracy: the note says so, and the best is the one
+    that got there in fewer steps (then the first by run name), whichever finished first."""
     assert cli("--multirun", "task=adder", "optim=adam", "seed=1,0").returncode == 0
     parent, children = sweep_runs(default_store, "adder")
     assert {c.data.metrics["accuracy"] for c in children} == {1.0}
-    assert parent.data.tags["best_run_name"] == "adder optim=adam seed=0"
-    (other,) = [c for c in children if c.info.run_name == "adder optim=adam seed=1"]
+    first, other = sorted(children, key=lambda c: (c.data.metrics["steps_to_result"], c.info.run_name))
+    assert parent.data.tags["best_run_name"] == first.info.run_name
     assert parent.data.tags["best_runs_tied"] == other.info.run_id
-    assert "tied with 1: adder optim=adam seed=1" in parent.data.tags["mlflow.note.content"]
+    assert f"tied with 1: {other.info.run_name}" in parent.data.tags["mlflow.note.content"]
     table = summary(default_store, parent)
     assert table["verdict"] == ["reached", "reached"]
     assert default_store.list_artifacts(parent.info.run_id, "figures") == []  # only seeds swept: nothing to draw
@@ -175,17 +176,42 @@ def test_a_python_sweep_runs_one_job_per_core_by_default(monkeypatch):
     assert seen == [(3, 2), (1, 1), (3, 1)]
 
 
-def runs_with(*params: dict[str, str]) -> list:
-    """Finished MLflow runs holding only these params, as the parent's summary reads its children."""
-    from mlflow.entities import Param, Run, RunData, RunInfo
+def runs_with(*params: dict[str, str], metrics: Sequence[dict[str, float]] = ()) -> list:
+    """Finished MLflow runs holding only these params (and final metrics), as the parent's summary reads them."""
+    from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
+
+    from framework.tracking.store import DIRECTION_TAG, OBJECTIVE_TAG
 
     return [
         Run(
             RunInfo(f"r{i}", "1", "user", "FINISHED", 0, 1, "active", run_name=f"job {i}"),
-            RunData(params=[Param(key, value) for key, value in p.items()]),
+            RunData(
+                metrics=[Metric(key, value, 0, 0) for key, value in (metrics[i] if metrics else {}).items()],
+                params=[Param(key, value) for key, value in p.items()],
+                tags=[RunTag(OBJECTIVE_TAG, "accuracy"), RunTag(DIRECTION_TAG, "maximize")],
+            ),
         )
         for i, p in enumerate(params)
     ]
+
+
+def test_of_tied_runs_the_best_reached_the_result_in_the_fewest_steps():
+    """Equal accuracy: the run that reached the result first leads, then the first by name; one that never reached
+    it (no steps_to_result) comes last."""
+    from framework.tracking.sweep import best_children
+
+    children = runs_with(
+        *({"optim.name": name} for name in ("adagrad", "adam", "rprop", "sgd")),
+        metrics=[
+            {"accuracy": 1.0, "steps_to_result": 300},
+            {"accuracy": 1.0, "steps_to_result": 300},
+            {"accuracy": 1.0, "steps_to_result": 150},
+            {"accuracy": 1.0},
+        ],
+    )
+    best, metric = best_children(children)
+    assert metric == "accuracy"
+    assert [run.data.params["optim.name"] for run in best] == ["rprop", "adagrad", "adam", "sgd"]
 
 
 def test_the_objective_is_drawn_against_what_was_swept_not_what_its_recipes_bring():

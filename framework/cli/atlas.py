@@ -28,7 +28,7 @@ from framework.cli import host
 from framework.cli.api import Job, composed, run_jobs
 from framework.core.errors import FrameworkError, print_error
 from framework.core.registry import PAIRED_KINDS, Registry
-from framework.core.verdict import reference_of
+from framework.core.verdict import STEPS_TO_RESULT, reference_of
 from framework.tracking.store import resolve_uri
 
 EXPERIMENT = "atlas"
@@ -107,7 +107,7 @@ def table(rows: Sequence[Row], objectives: dict[str, str]) -> dict[str, list[Any
         columns["reached"].append(f"{len(reached(row))}/{len(row.jobs)}" if row.runnable else "–")
         columns["objective"].append(metric)
         columns["final (median [min, max])"].append(spread([r.metrics[metric] for r in results if metric in r.metrics]))
-        steps = [r.metrics["steps_to_result"] for r in reached(row)]
+        steps = [r.metrics[STEPS_TO_RESULT] for r in reached(row)]
         seconds = [r.verdict.seconds for r in reached(row)]
         columns["steps to result (median)"].append(f"{statistics.median(steps):.0f}" if steps else "–")
         columns["seconds to result (median)"].append(f"{statistics.median(seconds):.2f}" if seconds else "–")

@@ -17,6 +17,7 @@ from framework.core.protocols import Reference
 from framework.core.registry import PAIRED_KINDS, Component, Registry
 
 REACHED, NOT_REACHED, NO_REFERENCE = "reached", "not reached", "no reference"
+STEPS_TO_RESULT = "steps_to_result"  # the metric: the step of the first evaluation that met the reference
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Verdict:
             return {}
         found = {"reached": float(self.status == REACHED)}
         if self.status == REACHED:
-            found["steps_to_result"] = float(self.step)
+            found[STEPS_TO_RESULT] = float(self.step)
         return found
 
 

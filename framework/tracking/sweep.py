@@ -48,6 +48,7 @@ from framework.core.errors import (
     fail,
     one_line,
 )
+from framework.core.verdict import STEPS_TO_RESULT
 from framework.tracking.store import (
     DIRECTION_TAG,
     OBJECTIVE_TAG,
@@ -156,8 +157,9 @@ def objective_of(children: Sequence[Any]) -> tuple[str, str] | None:
 
 
 def best_children(children: Sequence[Any]) -> tuple[list[Any], str] | None:
-    """The finished children with the best objective (several when tied), ordered by run name, so that the first is
-    the same whichever finished first; and the objective's name. None without a common objective or a score."""
+    """The finished children with the best objective (several when tied), the one that reached the tutorial's result
+    in the fewest steps (``steps_to_result``) first, then by run name, so that the first is the same whichever
+    finished first; and the objective's name. None without a common objective or a score."""
     objective = objective_of(children)
     if objective is None:
         return None
@@ -169,7 +171,8 @@ def best_children(children: Sequence[Any]) -> tuple[list[Any], str] | None:
         return None
     pick = max if direction == "maximize" else min
     best = pick(c.data.metrics[metric] for c in scored)
-    return sorted((c for c in scored if c.data.metrics[metric] == best), key=lambda c: c.info.run_name or ""), metric
+    tied = [c for c in scored if c.data.metrics[metric] == best]
+    return sorted(tied, key=lambda c: (c.data.metrics.get(STEPS_TO_RESULT, math.inf), c.info.run_name or "")), metric
 
 
 def summary_table(children: Sequence[Any]) -> dict[str, list[Any]]:
