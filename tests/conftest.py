@@ -12,7 +12,7 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -242,7 +242,8 @@ def alive(pid: int) -> bool:
 def serving(command: Sequence[str], ready_url: str, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """Run a server ``command`` until ``ready_url`` answers 200 (at most 120 s), and stop it by its pid at the end.
 
-    Its output goes to ``cwd/server.log``; a server that has not stopped 30 s after SIGTERM is killed.
+    Its output goes to ``cwd/server.log``; a server that has not stopped 30 s after SIGTERM is killed, and so is any
+    of its worker processes still there (a test that froze and thawed them leaves MLflow's uvicorn orphaned).
     """
     cwd.mkdir(parents=True, exist_ok=True)
     log = open(cwd / "server.log", "w")  # noqa: SIM115 - closed below
@@ -261,6 +262,7 @@ def serving(command: Sequence[str], ready_url: str, cwd: Path, env: dict[str, st
             time.sleep(0.25)
         yield server
     finally:
+        workers = descendants(server.pid)
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -268,6 +270,9 @@ def serving(command: Sequence[str], ready_url: str, cwd: Path, env: dict[str, st
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+        for pid in workers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         log.close()
 
 

@@ -46,6 +46,7 @@ FALLBACK = "unrecorded-metrics.jsonl"  # in the run's output folder: the metrics
 ENTRY_BYTES = 64  # room reserved per metric value in the fallback file (a JSON line [key, value, ms, step]), and
 # its key's length
 RESERVED_KEYS = 8  # metrics per logged step and per evaluation the fallback file is reserved for, until they are known
+RESERVE_LIMIT = 64 * 2**20  # bytes at most reserved for the fallback file (about 900,000 metric values)
 NOTICE_AFTER = 3.0  # seconds a run waits for its recording at its end before it says what it is waiting for
 CLOSE_WAIT = 10.0  # seconds given to a new recording process to close a run the stuck one left open
 SEND_EVERY = 5.0  # seconds: buffered metrics go to the recording process at least this often (and by the 1000);
@@ -69,7 +70,11 @@ def uninterrupted() -> Iterator[None]:
 class Fallback:
     """The file that takes the metrics the store did not: reserved (allocated) for every metric the run will log
     when it starts, and again once its first step and evaluation tell their metrics, so that writing it needs no
-    more disk, even when the disk is full by then; removed when everything was recorded."""
+    more disk, even when the disk is full by then; removed when everything was recorded.
+
+    The room is at most :data:`RESERVE_LIMIT`: a run of 10^8 steps logged at every step would otherwise take tens
+    of gigabytes of disk before its first step. Beyond that many unrecorded values the file grows as it is written.
+    """
 
     def __init__(self, path: Path, run: RunInfo) -> None:
         self.path, self.size = path, 0
@@ -90,8 +95,8 @@ class Fallback:
         self.reserve()
 
     def reserve(self) -> None:
-        """Allocate the file's room for every metric of the run (it only grows)."""
-        size = self.logged_steps * self.step_bytes + self.evaluations * self.evaluation_bytes
+        """Allocate the file's room for every metric of the run, at most :data:`RESERVE_LIMIT` (it only grows)."""
+        size = min(self.logged_steps * self.step_bytes + self.evaluations * self.evaluation_bytes, RESERVE_LIMIT)
         if size <= self.size:
             return
         try:

@@ -58,7 +58,7 @@ def test_sixteen_jobs_into_a_tracking_server(cli, tmp_path):
         assert_sixteen_complete_children(MlflowClient(tracking_uri=uri))
         server.send_signal(signal.SIGTERM)  # stop it by its pid
         server.wait(timeout=30)
-    assert not [pid for pid in helpers if alive(pid)], "the server left processes behind"
+        assert not [pid for pid in helpers if alive(pid)], "the server left processes behind"
 
 
 @pytest.mark.slow

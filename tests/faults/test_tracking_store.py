@@ -25,7 +25,8 @@ import pytest
 from conftest import clean_env, descendants, free_port, mlflow_server, one_line, our_processes, runs_of
 from mlflow import MlflowClient
 
-from framework.tracking.observer import FALLBACK
+from framework.core.protocols import RunInfo
+from framework.tracking.observer import FALLBACK, RESERVE_LIMIT, Fallback
 from framework.tracking.recorder import CLOSE_WAIT
 
 SHORT_RUN = ("train.steps=20", "hydra.run.dir=outputs/run")
@@ -294,3 +295,23 @@ def test_no_process_is_left_after_runs_that_finish_or_fail(cli, tmp_path):
     assert cli(*SHORT_RUN, "tracking.uri=http://127.0.0.1:1", env=mark).returncode == 1
     assert cli("--cfg", "job", env=mark).returncode == 0
     assert our_processes(mark["TEST_PROCESS_MARK"]) == set()
+
+
+def test_the_fallback_file_of_a_very_long_run_takes_at_most_its_limit_of_disk(tmp_path):
+    """The fallback file is reserved for every metric a run will log, but at most RESERVE_LIMIT bytes: a run of 10^8
+    steps logging each took tens of gigabytes before its first step (and filled this machine's disk in a test); a
+    short run reserves what it needs, and what is written over the room is whole and cut to its length."""
+
+    def reserved(steps: int, log_every: int) -> tuple[Fallback, int]:
+        config = {"tracking": {"log_every": log_every}, "train": {"eval_every": 0}}
+        fallback = Fallback(tmp_path / f"{steps}.jsonl", RunInfo("counting", "counting", config, [], steps))
+        fallback.known({"loss": 1.0, "grad_norm": 1.0, "w_x": 1.0, "w_rec": 1.0}, evaluation=False)
+        return fallback, os.stat(fallback.path).st_blocks * 512  # allocated, not only the apparent size
+
+    long, allocated = reserved(10**8, 1)
+    assert long.path.stat().st_size == RESERVE_LIMIT and allocated <= RESERVE_LIMIT + 2**20
+    short, allocated = reserved(500, 10)
+    assert 52 * 4 * 64 <= short.path.stat().st_size < 2**16 and allocated < 2**17  # 52 logged steps, 4 metrics
+    entries = [["loss", 0.5, 1, 0], ["loss", 0.25, 2, 10]]
+    short.write(entries)
+    assert [json.loads(line) for line in short.path.read_text().splitlines()] == entries
