@@ -67,9 +67,12 @@ def windows_per_epoch(total_length: int, rows: int, window: int) -> int:
 def echo_windows(total_length: int, rows: int, window: int, epochs: int) -> int:
     """The ``${echo_windows:...}`` interpolation: epochs x windows per epoch, at least 1.
 
-    Never raises (an interpolation error would be a traceback): impossible layouts
-    are refused in one line by :meth:`EchoSeries.batches`.
+    Never raises (an interpolation error would name ``train.steps``, not the bad value): impossible layouts
+    are refused in one line by :meth:`EchoSeries.batches`, a value that is no integer (``task.epochs=[1,2]``)
+    by the settings' checks, which name it.
     """
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (total_length, rows, window, epochs)):
+        return 1
     return max(epochs * windows_per_epoch(total_length, max(rows, 1), max(window, 1)), 1)
 
 

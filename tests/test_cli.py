@@ -273,6 +273,7 @@ def test_sgd_diverges_with_one_line_and_a_failed_run(cli, default_store):
         (["train.steps=abc"], "train.steps", "abc", "an integer >= 1"),
         (["seed=-1"], "seed", "-1", "an integer >= 0"),
         (["optim=sgd", "optim.lr=-0.1"], "optim.lr", "-0.1", "a number > 0"),
+        (["task=echo", "task.epochs=[1,2]"], "task.epochs", "[1, 2]", "an integer >= 1"),  # train.steps follows it
     ],
 )
 def test_bad_value_exits_2_with_one_line_and_no_run(cli, tmp_path, args, key, value, accepted):
