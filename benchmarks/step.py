@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import importlib.util
 import math
 import os
 import platform
@@ -83,7 +84,7 @@ from framework.cli import host  # noqa: E402
 from framework.core import engine  # noqa: E402
 from framework.core.hookspecs import hookimpl  # noqa: E402
 from framework.core.protocols import Batch  # noqa: E402
-from framework.nn.cells import ElmanCell, GRUCell, LSTMCell  # noqa: E402
+from framework.nn.cells import KERNELS, ElmanCell, GRUCell, LSTMCell  # noqa: E402
 from framework.nn.clipping import clip_by_norm, global_norm  # noqa: E402
 from framework.nn.losses import MeanSquaredError, SigmoidSquaredError, SoftmaxCrossEntropy  # noqa: E402
 from framework.nn.optimizers import SGD, Adagrad, Adam, RMSprop, Rprop  # noqa: E402
@@ -722,11 +723,12 @@ class LoopClock:
 
 
 def whole_loop(spec: Spec, dtype: str, composer: Composer, folder: Path, rounds: int, threads: int, steps: int) -> str:
-    """Per-step medians of the engine's whole loop, the bare step and PyTorch's module step: a table row.
+    """Per-step medians of the engine's whole loop (with numpy's and, if numba is installed, the compiled cell
+    kernel), the bare step and PyTorch's module step: a table row.
 
     A round: a fresh run trained for ``steps`` updates through ``engine.train_and_report`` (its per-step time from
-    its start to the metrics of its last update), then ``steps`` bare steps, then ``steps`` module steps, both on the
-    batches the loop trains on (charlm's names differ in length); one round of warm-up first.
+    its start to the metrics of its last update), once per kernel, then ``steps`` bare steps, then ``steps`` module
+    steps, both on the batches the loop trains on (charlm's names differ in length); one round of warm-up first.
     """
     extra = (f"train.steps={steps}", "train.eval_every=0")
     first = build_run(spec, dtype, composer, folder, threads, extra)
@@ -734,13 +736,15 @@ def whole_loop(spec: Spec, dtype: str, composer: Composer, folder: Path, rounds:
     bare, module = Ours(first, batches), Torch(first, batches, loop=False)
     clock = LoopClock()
     composer.pm.register(clock)
-    times: dict[str, list[float]] = {"loop": [], "bare": [], "module": []}
+    kernels = [k for k in KERNELS if k == "numpy" or importlib.util.find_spec(k)]
+    times: dict[str, list[float]] = {**{k: [] for k in kernels}, "bare": [], "module": []}
     try:
         for _ in range(rounds + 1):
-            run = build_run(spec, dtype, composer, folder, threads, extra)
-            gc.collect()
-            engine.train_and_report(run, composer.pm.hook)
-            times["loop"].append((clock.last - clock.started) / steps)
+            for kernel in kernels:
+                run = build_run(spec, dtype, composer, folder, threads, (*extra, f"cell.kernel={kernel}"))
+                gc.collect()
+                engine.train_and_report(run, composer.pm.hook)
+                times[kernel].append((clock.last - clock.started) / steps)
             with threadpool_limits(limits=threads), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 for name, step in (("bare", bare.step), ("module", module.step)):
                     start = time.perf_counter()
@@ -749,10 +753,13 @@ def whole_loop(spec: Spec, dtype: str, composer: Composer, folder: Path, rounds:
                     times[name].append((time.perf_counter() - start) / steps)
     finally:
         composer.pm.unregister(clock)
-    loop, step, torch_step = (statistics.median(values[1:]) for values in times.values())
+    median = {name: statistics.median(values[1:]) for name, values in times.items()}
+    loop, step, torch_step = median["numpy"], median["bare"], median["module"]
+    compiled = median.get("numba")
+    numba_cells = "n/a (no numba) | n/a" if compiled is None else f"{compiled * 1e6:.1f} | {torch_step / compiled:.2f}"
     return (
         f"| {spec.name} | {dtype} | {loop * 1e6:.1f} | {step * 1e6:.1f} | {loop / step:.2f} | "
-        f"{torch_step * 1e6:.1f} | {torch_step / loop:.2f} | {rounds} |"
+        f"{torch_step * 1e6:.1f} | {torch_step / loop:.2f} | {numba_cells} | {rounds} |"
     )
 
 
@@ -955,7 +962,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(
                 "| config | dtype | whole loop (us/step) | bare step (us) | loop / bare | torch module step (us) | "
-                "torch module / loop | rounds |\n" + "|" + "---|" * 8
+                "torch module / loop | whole loop, cell.kernel=numba (us/step) | torch module / numba loop | rounds |\n"
+                + "|"
+                + "---|" * 10
             )
             for spec in looped:
                 for dtype in dtypes:

@@ -12,7 +12,7 @@ import pytest
 from framework.core import engine, plugins
 from framework.core.config import build
 from framework.core.gradcheck import check_cell, check_gradients, check_loss, check_model, numerical_gradient
-from framework.nn.cells import ACTIVATIONS, RNNConfig, make_rnn
+from framework.nn.cells import ACTIVATIONS, KERNELS, RNNConfig, make_rnn
 
 REGISTRY = plugins.manager().registry
 CELLS = [c.name for c in REGISTRY.of_kind("cell")]
@@ -44,11 +44,15 @@ def test_cell_gradients(name):
     assert max(errors.values()) < TOLERANCE, errors
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("bias", [True, False])
-def test_rnn_gradients_for_every_activation(activation, bias):
+def test_rnn_gradients_for_every_activation(activation, bias, kernel):
+    """Both time loops of the Elman cell: numpy's and the compiled one (cell.kernel=numba)."""
+    if kernel == "numba":
+        pytest.importorskip("numba", reason="cell.kernel=numba needs numba (pip install numba)")
     rng = np.random.default_rng(2)
-    config = RNNConfig(activation=activation, bias=bias)
+    config = RNNConfig(activation=activation, bias=bias, kernel=kernel)
     cell = make_rnn(config, 3, 4, rng, np.dtype("float64"))
     x = rng.standard_normal((2, 6, 3))
     errors = check_cell(cell, x, random_state(cell, 2, rng), rng)

@@ -45,6 +45,8 @@ Backward:
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -91,6 +93,8 @@ ACTIVATIONS: dict[str, Activation] = {
 # Each step's recurrent product is np.dot, not np.matmul or @: for 2-D operands it skips the ufunc
 # dispatch, 0.35 us of a 2.5 us product at 32 x 50 @ 50 x 50, and the recurrences make one per step.
 
+
+KERNELS = ("numpy", "numba")  # the Elman cells' time loops: numpy's, or framework/nn/numba_kernels.py
 
 FACTOR_BYTES = 1024 * 1024  # the LSTM's backward precomputes its gate factors in spans of about this size (L2)
 
@@ -182,9 +186,11 @@ class ElmanCell:
         init: InitConfig,
         rng: np.random.Generator,
         dtype: np.dtype,
+        kernel: str = "numpy",
     ) -> None:
         self.hidden_size = hidden_size
-        self.activation = ACTIVATIONS[activation]
+        self.activation_name, self.activation = activation, ACTIVATIONS[activation]
+        self.compiled = importlib.import_module("framework.nn.numba_kernels") if kernel == "numba" else None
         self.params = {
             "Wx": init_weights((input_size, hidden_size), init, hidden_size, rng, dtype),
             "Wh": init_weights((hidden_size, hidden_size), init, hidden_size, rng, dtype),
@@ -205,6 +211,10 @@ class ElmanCell:
         x_steps = inputs_with_ones(x, "b" in self.params)
         h = with_initial(state, x.shape[1])  # h[t] = h_t, h[0] = h_0
         project(x_steps, W_in if s == 1 else W_in * s, out=h[1:])  # s z_t, activated below
+        if self.compiled:  # the same loop, compiled (framework/nn/numba_kernels.py)
+            Wh_scaled = self.params["Wh"] if s == 1 else self.params["Wh"] * s
+            self.compiled.elman_forward_steps(h, Wh_scaled, self.compiled.ACTIVATION_CODES[self.activation_name])
+            return swap_time_and_batch(h[1:]), h[-1], (x_steps, h, Wh_T)
         recurrent = np.empty_like(state)
         for t in range(1, h.shape[0]):
             z_t = h[t]
@@ -223,12 +233,15 @@ class ElmanCell:
         dz = self.activation.derivative(h[1:])  # f'(z_t) of every step at once, times dh_t in place below
         dh_steps = np.empty_like(dz)
         dh_next = np.zeros_like(h[0]) if d_state is None else d_state
-        back = np.empty_like(h[0])  # dz_t Wh^T, read by the next step before it is overwritten
-        for t in range(dz.shape[0] - 1, -1, -1):
-            dh, dz_t = dh_steps[t], dz[t]
-            np.add(d_out[t], dh_next, out=dh)  # total dL/dh_t
-            dz_t *= dh
-            dh_next = np.dot(dz_t, Wh_T, out=back)
+        if self.compiled:  # the same loop, compiled (framework/nn/numba_kernels.py)
+            dh_next = self.compiled.elman_backward_steps(dz, d_out, dh_steps, dh_next, Wh_T)
+        else:
+            back = np.empty_like(h[0])  # dz_t Wh^T, read by the next step before it is overwritten
+            for t in range(dz.shape[0] - 1, -1, -1):
+                dh, dz_t = dh_steps[t], dz[t]
+                np.add(d_out[t], dh_next, out=dh)  # total dL/dh_t
+                dz_t *= dh
+                dh_next = np.dot(dz_t, Wh_T, out=back)
         dWx, db = input_weight_grads(x_steps, dz, self.params["Wx"])
         grads = {"Wx": dWx, "Wh": weight_grad(h[:-1], dz)}
         if db is not None:
@@ -464,11 +477,31 @@ class GRUCell:
         )
 
 
+def kernel_param() -> str:
+    """The ``kernel`` option of the Elman cells: numpy's loops, or the same loops compiled with numba."""
+    return param(
+        "numpy",
+        choices=KERNELS,
+        doc="the time loops: numpy (the reference) or numba (the same loops compiled: faster at the tutorials' "
+        "sizes, slower from a few thousand units per step, see docs/performance.md; needs numba: pip install numba)",
+    )
+
+
+def check_kernel(kernel: str) -> None:
+    """kernel=numba needs numba installed: one line saying so, before anything trains."""
+    if kernel == "numba" and importlib.util.find_spec("numba") is None:
+        raise ConfigError("kernel", kernel, "numpy (numba is not installed: pip install numba)")
+
+
 @dataclass
 class LinearConfig:
     """The linear cell of the counting tutorial: h_t = x_t Wx + h_{t-1} Wh."""
 
+    kernel: str = kernel_param()
     init: InitConfig = field(default_factory=InitConfig)
+
+    def __post_init__(self) -> None:
+        check_kernel(self.kernel)
 
 
 @dataclass
@@ -477,7 +510,11 @@ class RNNConfig:
 
     activation: str = param("tanh", choices=tuple(ACTIVATIONS), doc="the non-linearity f")
     bias: bool = param(True, doc="learn the bias b")
+    kernel: str = kernel_param()
     init: InitConfig = field(default_factory=InitConfig)
+
+    def __post_init__(self) -> None:
+        check_kernel(self.kernel)
 
 
 def make_linear(config: LinearConfig, input_size: int, hidden_size: int, rng, dtype) -> ElmanCell:
@@ -486,7 +523,7 @@ def make_linear(config: LinearConfig, input_size: int, hidden_size: int, rng, dt
     h_t = x_t Wx + h_{t-1} Wh
     dh_t = dL/dh_t + dh_{t+1} Wh^T    dWx = sum_t x_t^T dh_t    dWh = sum_t h_{t-1}^T dh_t
     """
-    return ElmanCell(input_size, hidden_size, "identity", False, config.init, rng, dtype)
+    return ElmanCell(input_size, hidden_size, "identity", False, config.init, rng, dtype, config.kernel)
 
 
 def make_rnn(config: RNNConfig, input_size: int, hidden_size: int, rng, dtype) -> ElmanCell:
@@ -496,7 +533,7 @@ def make_rnn(config: RNNConfig, input_size: int, hidden_size: int, rng, dtype) -
     dh_t = dL/dh_t + dz_{t+1} Wh^T    dz_t = dh_t * f'(h_t)
     dWx = sum_t x_t^T dz_t    dWh = sum_t h_{t-1}^T dz_t    db = sum_t dz_t    dx_t = dz_t Wx^T
     """
-    return ElmanCell(input_size, hidden_size, config.activation, config.bias, config.init, rng, dtype)
+    return ElmanCell(input_size, hidden_size, config.activation, config.bias, config.init, rng, dtype, config.kernel)
 
 
 @dataclass
