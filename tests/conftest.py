@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,6 +147,19 @@ def default_store(tmp_path: Path, store_template: Path):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=f"sqlite:///{seed_store(store_template, tmp_path / 'mlruns' / 'mlflow.db')}")
+
+
+@contextmanager
+def installed(plugin: object, name: str) -> Iterator[Any]:
+    """``plugin`` registered as ``name`` in the process's plugin manager for the ``with`` block: the manager."""
+    from framework.core import plugins
+
+    pm = plugins.manager()
+    pm.add(plugin, name, "1.0")
+    try:
+        yield pm
+    finally:
+        pm.remove(name)
 
 
 def hook_of(*observers: object):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import one_line, runs_of
+from conftest import installed, one_line, runs_of
 
 from framework.core import engine, plugins
 from framework.core.config import build
@@ -149,16 +149,12 @@ class Observer:
 @pytest.fixture
 def observed(compose):
     """Build and train a run in-process from overrides, observed by an :class:`Observer`: (run, observer)."""
-    pm = plugins.manager()
 
     def train(*overrides: str):
         observer = Observer()
-        pm.add(observer, "observer", "1.0")
-        try:
+        with installed(observer, "observer") as pm:
             run = engine.build(compose("tracking.enabled=false", *overrides), pm)
             engine.train(run, pm.hook)
-        finally:
-            pm.remove("observer")
         return run, observer
 
     return train
@@ -213,13 +209,8 @@ def test_a_cell_without_per_step_gradients_trains_without_diagnostics(observed, 
         def framework_register_cells(self, register):
             register("bare", lambda c, i, h, rng, dt: BareCell(i, h, "tanh", True, InitConfig(), rng, dt), BareConfig)
 
-    pm = plugins.manager()
-    pm.add(Plugin(), "bare", "1.0")
-    try:
-        with caplog.at_level(logging.WARNING, logger="framework.core.diagnostics"):
-            run, seen = observed("cell=bare", "train.steps=5", "diagnostics.every=1")
-    finally:
-        pm.remove("bare")
+    with installed(Plugin(), "bare"), caplog.at_level(logging.WARNING, logger="framework.core.diagnostics"):
+        run, seen = observed("cell=bare", "train.steps=5", "diagnostics.every=1")
     assert run.step == 5 and all(RATIO not in m for m in seen.metrics.values())
     assert FIGURE not in seen.final.figures
     assert seen.final.figures["gradient_over_time"]().axes[0].get_lines() == []  # drawn, without what it cannot measure

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import installed
 
 from framework.core import engine, plugins
 from framework.core.hidden import FIGURE, direction_correlation, tracking, unit_correlations
@@ -42,16 +43,12 @@ class Final:
 
 def trained(compose, *overrides: str):
     """(run, the final evaluation, the last batch) of a short untracked run."""
-    pm = plugins.manager()
     final = Final()
-    pm.add(final, "final", "1.0")
-    try:
+    with installed(final, "final") as pm:
         run = engine.build(compose("tracking.enabled=false", *overrides), pm)
         batches = []
         run.batches = (batches.append(b) or b for b in run.batches)  # remember what training reads
         engine.train(run, pm.hook)
-    finally:
-        pm.remove("final")
     return run, final.evaluation, batches[-1]
 
 
@@ -95,13 +92,8 @@ def test_a_cell_that_does_not_report_its_states_gets_no_heatmaps(compose, caplog
         def framework_register_cells(self, register):
             register("bare", lambda c, i, h, rng, dt: BareCell(i, h, "tanh", True, InitConfig(), rng, dt), BareConfig)
 
-    pm = plugins.manager()
-    pm.add(Plugin(), "bare", "1.0")
-    try:
-        with caplog.at_level(logging.INFO, logger="framework.core.hidden"):
-            _, final, _ = trained(compose, "task=adder", "cell=bare", "train.steps=3")
-    finally:
-        pm.remove("bare")
+    with installed(Plugin(), "bare"), caplog.at_level(logging.INFO, logger="framework.core.hidden"):
+        _, final, _ = trained(compose, "task=adder", "cell=bare", "train.steps=3")
     assert FIGURE not in final.figures and "right_sums" in final.figures  # the task's own pictures still come
     assert [r.getMessage() for r in caplog.records] == [
         "task adder: its model reports no per-step states (hidden_states); no figure hidden_states"

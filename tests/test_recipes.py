@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from conftest import installed
 
 import framework
-from framework.core import plugins
 from framework.core.config import param
 from framework.core.hookspecs import hookimpl
 from framework.core.verdict import run_name
@@ -65,10 +65,8 @@ class SlowPlugin:
 
 @pytest.fixture
 def slow_plugin():
-    pm = plugins.manager()
-    pm.add(SlowPlugin(), "slowplugin", "1.0")
-    yield pm
-    pm.remove("slowplugin")
+    with installed(SlowPlugin(), "slowplugin") as pm:
+        yield pm
 
 
 def test_a_third_party_optimizer_brings_its_recipe(slow_plugin, compose):
