@@ -256,6 +256,11 @@ def test_sgd_diverges_with_one_line_and_a_failed_run(cli, default_store):
 
     (run,) = runs_of(store, "counting")
     assert run.info.status == "FAILED"
+    assert (
+        f"to look at the FAILED run 'counting optim=sgd optim.momentum=0 train.clip_value=null' ({run.info.run_id})"
+        in result.stdout
+    )
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in result.stdout
     assert run.data.params["optim.name"] == "sgd"
     assert run.data.tags["error"].startswith(f"training diverged at step {diverged_at}")
     # the steps before the divergence are kept
