@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def sample(state) -> checkpoint.Checkpoint:
         history={"loss": np.arange(7.0)},
         streams=[("init", np.random.default_rng(1).bit_generator.state)],
         task_state={"accuracies": np.array([0.5, 0.75])},
+        verdict={"step": 5, "seconds": 0.25, "trained": 0.5},
     )
 
 
@@ -52,6 +54,17 @@ def test_save_then_load_gives_back_everything(tmp_path, state):
     else:
         assert np.array_equal(loaded.state, state)
     assert np.array_equal(loaded.task_state["accuracies"], [0.5, 0.75])
+    assert loaded.verdict == saved.verdict
+
+
+@pytest.mark.parametrize(
+    "verdict",
+    [{"step": -1, "seconds": 0.1, "trained": 1.0}, {"step": 3, "seconds": "0.1", "trained": 1.0}, {"step": 3}, [3]],
+)
+def test_a_checkpoint_with_a_forged_verdict_state_is_refused_in_one_line(tmp_path, verdict):
+    path = checkpoint.save(tmp_path / "last.npz", dataclasses.replace(sample(None), verdict=verdict))
+    with pytest.raises(CheckpointError, match=r"its verdict state .* is not one this framework writes"):
+        checkpoint.load(path)
 
 
 def test_missing_truncated_and_foreign_files_are_refused_in_one_line(tmp_path):
@@ -114,6 +127,7 @@ CASES = {
     "adder, adam": (["task=adder", "optim=adam", "train.steps=200"], 99),
     "echo, lstm, carried state": (["task=echo", "cell=lstm", "dataset.total_length=3000"], 130),
     "echo, stopping early": (["task=echo"], 1400),  # learnt by epoch 3 or so, stops 2 epochs (666 steps) on
+    "echo, cut after its result": (["task=echo"], 2331),  # reached at 1998: the verdict's step comes from before
     "charlm, gru, rmsprop": (["task=charlm", "cell=gru", "optim=rmsprop", "train.steps=150"], 61),
     "seq2seq": (["task=seq2seq", "train.steps=60"], 17),
 }

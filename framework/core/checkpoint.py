@@ -50,6 +50,7 @@ class Checkpoint:
     history: dict[str, np.ndarray]
     streams: list[tuple[str, dict[str, Any]]]
     task_state: dict[str, np.ndarray]
+    verdict: dict[str, Any] | None = None  # the verdict's tracker (framework.core.verdict.Tracker.state); None: older
 
 
 def optimizer_state(optimizer: Any) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def save(path: Path, checkpoint: Checkpoint) -> Path:
         "optimizer_numbers": numbers,
         "state": "none" if state is None else "tuple" if isinstance(state, (tuple, list)) else "array",
         "streams": checkpoint.streams,
+        "verdict": checkpoint.verdict,
     }
     arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,29 @@ def load(path: Path, params: Mapping[str, np.ndarray] | None = None, max_step: i
         history=group("history/"),
         streams=[(name, stream) for name, stream in meta["streams"]],
         task_state=group("task/"),
+        verdict=checked_verdict(meta.get("verdict"), path),
     )
+
+
+def checked_verdict(state: Any, path: Path) -> dict[str, Any] | None:
+    """The verdict's tracker state of a checkpoint, as :func:`save` writes it (None for a checkpoint without one);
+    anything else is refused in one line."""
+    if state is None:
+        return None
+
+    def count(value: Any, kind: type | tuple[type, ...]) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool) and value >= 0
+
+    fits = (
+        isinstance(state, dict)
+        and set(state) == {"step", "seconds", "trained"}
+        and (state["step"] is None or count(state["step"], int))
+        and (state["seconds"] is None or count(state["seconds"], (int, float)))
+        and count(state["trained"], (int, float))
+    )
+    if not fits:
+        raise CheckpointError(f"{path}: its verdict state {state!r} is not one this framework writes")
+    return state
 
 
 def check_params(saved: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], origin: str) -> None:

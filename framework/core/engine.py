@@ -350,7 +350,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
     batch = None  # the last batch trained on
     per_step = bool(hook.framework_metrics.get_hookimpls())  # plugins written for the per-update hook
     block = MetricsBlock(hook, run.info)
-    started = time.perf_counter()
+    run.follow.start()
     # overflow shows up as an inf or NaN loss or gradient norm, checked every step
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
@@ -386,7 +386,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
                     block.hand_on()
                 if evaluating:
                     evaluation = run.task.evaluate(done, run.history.values, final=False)
-                    run.follow.evaluated(done, evaluation.metrics, time.perf_counter() - started)
+                    run.follow.evaluated(done, evaluation.metrics)
                     if evaluation.stop:  # the final evaluation below reports this step
                         log.info(
                             "%s: stopped early at step %d of %d: its result is reached (the task's stop rule)",
@@ -403,7 +403,7 @@ def train(run: Run, hook: Any, interrupt: StepBoundaryInterrupt | None = None) -
         finally:  # the metrics of the updates done, however training stopped
             block.hand_on()
     final = run.task.evaluate(run.step, run.history.values, final=True)
-    run.follow.evaluated(run.step, final.metrics, time.perf_counter() - started)
+    run.follow.evaluated(run.step, final.metrics)
     run.info.verdict = verdict.verdict(run.follow, final.metrics, run.advice)
     final.metrics.update(run.info.verdict.metrics())
     final.figures.update(flow.figures())
@@ -428,6 +428,7 @@ def save_checkpoint(run: Run, hook: Any) -> None:
         history=dict(run.history.values),
         streams=run.streams.states(),
         task_state=task_state,
+        verdict=run.follow.state(),
     )
     path = checkpoint.save(run.info.output_dir / "checkpoints" / "last.npz", snapshot)
     run.checkpointed = run.step
@@ -454,6 +455,8 @@ def restore(run: Run, saved: checkpoint.Checkpoint, origin: str) -> None:
     if saved.task_state:
         run.task.restore_state(saved.task_state)
     run.step, run.state = saved.step, saved.state
+    if saved.verdict is not None:
+        run.follow.restore(saved.verdict)
     run.history.values.update({k: list(map(float, v)) for k, v in saved.history.items()})
 
 

@@ -9,6 +9,7 @@ the task's reference recipe, or why the chosen component cannot reach it at all.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,18 +23,40 @@ STEPS_TO_RESULT = "steps_to_result"  # the metric: the step of the first evaluat
 
 @dataclass
 class Tracker:
-    """Follows a run's evaluations: the first step (and training seconds) at which its reference was reached."""
+    """Follows a run's evaluations: the first step (and training seconds) at which its reference was reached.
+
+    Its clock counts the seconds of training, a resumed run's from where its checkpoint left them
+    (:meth:`state`, :meth:`restore`).
+    """
 
     reference: Reference | None
     step: int | None = None
     seconds: float | None = None
+    trained: float = 0.0  # seconds of training before the clock last started (a resumed run's, from its checkpoint)
+    origin: float | None = None  # perf_counter() - trained when training started in this process
 
-    def evaluated(self, step: int, metrics: Mapping[str, float], seconds: float) -> bool:
-        """Note an evaluation; whether it reaches the reference."""
+    def start(self) -> None:
+        """Start the training clock, going on from the seconds already trained."""
+        self.origin = time.perf_counter() - self.trained
+
+    def elapsed(self) -> float:
+        """The seconds of training so far."""
+        return self.trained if self.origin is None else time.perf_counter() - self.origin
+
+    def evaluated(self, step: int, metrics: Mapping[str, float]) -> bool:
+        """Note an evaluation after ``step`` updates; whether it reaches the reference."""
         reached = self.reference is not None and reaches(self.reference, metrics)
         if reached and self.step is None:
-            self.step, self.seconds = step, seconds
+            self.step, self.seconds = step, self.elapsed()
         return reached
+
+    def state(self) -> dict[str, float | None]:
+        """What a checkpoint keeps: the first step that reached the reference, its seconds, the seconds trained."""
+        return {"step": self.step, "seconds": self.seconds, "trained": self.elapsed()}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Go on from :meth:`state`'s output."""
+        self.step, self.seconds, self.trained, self.origin = state["step"], state["seconds"], state["trained"], None
 
 
 def reaches(reference: Reference, metrics: Mapping[str, float]) -> bool:
