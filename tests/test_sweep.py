@@ -214,6 +214,16 @@ def test_of_tied_runs_the_best_reached_the_result_in_the_fewest_steps():
     assert [run.data.params["optim.name"] for run in best] == ["rprop", "adagrad", "adam", "sgd"]
 
 
+def test_the_summary_names_three_tied_runs_and_counts_the_rest():
+    """A sweep where 11 jobs tie for the best (the long-dependency experiment's short echoes): its description stays
+    readable; the tag best_runs_tied lists every one."""
+    from framework.tracking.sweep import tied_note
+
+    assert tied_note(["a b"]) == ", tied with 1: a b"
+    assert tied_note(["a", "b", "c"]) == ", tied with 3: a, b, c"
+    assert tied_note([f"run {i}" for i in range(11)]) == ", tied with 11: run 0, run 1, run 2 and 8 more"
+
+
 def test_the_objective_is_drawn_against_what_was_swept_not_what_its_recipes_bring():
     """A recipe's settings that follow the swept cell (its init, its forget bias) get no figure of their own; the
     cell and every independent swept value do; a preset plot's keys are not drawn twice."""

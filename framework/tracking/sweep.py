@@ -65,6 +65,7 @@ from framework.tracking.store import (
 log = logging.getLogger(__name__)
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
+TIED_NAMED = 3  # the runs tied for the best that the summary names
 
 
 @dataclass
@@ -387,6 +388,13 @@ def log_objective_figures(client: Any, run_id: str, children: Sequence[Any], plo
         client.log_figure(run_id, objective_figure(children, key, metric), f"figures/{metric}_by_{key}.png")
 
 
+def tied_note(names: Sequence[str]) -> str:
+    """``, tied with N: a, b, c and M more``: the first :data:`TIED_NAMED` runs tied for the best (the parent's tag
+    ``best_runs_tied`` lists them all)."""
+    more = f" and {len(names) - TIED_NAMED} more" if len(names) > TIED_NAMED else ""
+    return f", tied with {len(names)}: {', '.join(names[:TIED_NAMED])}{more}"
+
+
 def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) -> None:
     """Write the sweep's summary into its parent run and end it."""
     from mlflow.entities import Metric, Param
@@ -404,7 +412,7 @@ def summarise(parent: Parent, completed: bool, plot: SweepPlot | None = None) ->
         (child, *tied), metric = best
         note += f". Best: {child.info.run_name} ({metric}={child.data.metrics[metric]:.6g})"
         if tied:
-            note += f", tied with {len(tied)}: {', '.join(c.info.run_name for c in tied)}"
+            note += tied_note([c.info.run_name for c in tied])
             tags["best_runs_tied"] = ", ".join(c.info.run_id for c in tied)
         metrics.append(Metric(f"best_{metric}", child.data.metrics[metric], 0, 0))
         varying = {key: child.data.params.get(key) for key in varying_params(children)}
