@@ -113,3 +113,26 @@ def test_a_sweep_from_python(here):
     parent, children = sweep_runs(here, "adder")
     assert parent.info.run_id == swept.parent_run_id and len(children) == 4
     assert parent.info.status == "FINISHED"
+
+
+def test_a_script_that_sweeps_in_workers_without_the_main_guard_gets_one_clear_line(tmp_path):
+    """Workers are spawned: each imports the script, which would sweep again. The sweep ends with a FrameworkError
+    saying what to do, not concurrent.futures' BrokenProcessPool."""
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "import framework\n"
+        "from framework.core.errors import FrameworkError\n"
+        "try:\n"
+        "    framework.sweep('counting', 'tracking.enabled=false', 'train.steps=5', seed=[0, 1], jobs=2)\n"
+        "except FrameworkError as error:\n"
+        "    print('caught:', error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120
+    )
+    caught = [line for line in result.stdout.splitlines() if line.startswith("caught: ")]
+    assert caught == [
+        "caught: a worker process of the sweep ended abruptly after 0 of 2 jobs (killed, or out of memory; a script "
+        'that sweeps with jobs > 1 must do so under `if __name__ == "__main__":`, since each worker starts by '
+        "importing the script)"
+    ], result.stdout + result.stderr

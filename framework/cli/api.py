@@ -26,6 +26,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
 from multiprocessing import get_context
@@ -252,13 +253,20 @@ def run_jobs(jobs: Sequence[Sequence[str]], workers: int, sweep_id: str | None) 
             except FrameworkError as error:
                 outcomes.append(Job(list(overrides), None, str(error)))
         return outcomes
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, list(overrides), sweep_id) for overrides in jobs]
-        for overrides, future in zip(jobs, futures, strict=True):
-            try:
-                outcomes.append(Job(list(overrides), future.result(), None))
-            except FrameworkError as error:
-                outcomes.append(Job(list(overrides), None, str(error)))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_job, list(overrides), sweep_id) for overrides in jobs]
+            for overrides, future in zip(jobs, futures, strict=True):
+                try:
+                    outcomes.append(Job(list(overrides), future.result(), None))
+                except FrameworkError as error:
+                    outcomes.append(Job(list(overrides), None, str(error)))
+    except BrokenProcessPool:
+        raise FrameworkError(
+            f"a worker process of the sweep ended abruptly after {len(outcomes)} of {len(jobs)} jobs (killed, or out "
+            'of memory; a script that sweeps with jobs > 1 must do so under `if __name__ == "__main__":`, since '
+            "each worker starts by importing the script)"
+        ) from None
     return outcomes
 
 
