@@ -223,7 +223,7 @@ def test_hook_framework_register_tasks(pm, add_plugin, compose):
     assert cfg.train.steps == 7 and cfg.optim.lr == 0.5 and cfg.dataset.name == "windows"
     assert compose("task=probe", "optim=rprop").optim.name == "rprop"  # the command line wins
     run = engine.build(cfg, pm)
-    assert run.task.received == [None, None]  # the build's probe passes (memory, then fit), from the zero state
+    assert run.task.received == [None] * 3  # the build's probe (warm-up, memory, then fit), from the zero state
     run.task.received.clear()
     engine.train(run, pm.hook)
     # the final state of a window starts the next one unless the batch starts a new sequence

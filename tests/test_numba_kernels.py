@@ -79,6 +79,14 @@ def test_a_run_with_the_compiled_kernel_learns_the_same(tmp_path, monkeypatch):
     assert runs[0].verdict.step == runs[1].verdict.step
 
 
+def test_a_large_batch_is_not_refused_for_what_loading_the_kernel_allocates(cli):
+    """The check that a step fits in memory scales one sequence's step to the batch: numba's loading of the loops,
+    once per process (a fresh one here), is not part of it (the adder's rprop recipe, batch 1024, was refused:
+    "1024 sequences need about 24.4 GiB")."""
+    result = cli("task=adder", "optim=rprop", "cell.kernel=numba", "train.steps=3", "tracking.enabled=false")
+    assert result.returncode == 0, result.stderr
+
+
 def test_kernel_numba_without_numba_is_one_clear_line(monkeypatch):
     """A machine without numba: the option names itself, what it accepts there and how to get numba."""
     monkeypatch.setitem(sys.modules, "numba", None)  # as if not installed: find_spec gives None, import fails

@@ -296,21 +296,24 @@ def probe(task: Task, dataset: Dataset, settings: Settings, chosen: Mapping[str,
     """One forward and backward pass before anything is recorded, so that components that do not fit together, and a
     step that needs more memory than there is, are refused in one line.
 
-    The step's memory is measured (tracemalloc, which sees numpy's arrays) on the first sequence of the first batch
-    and scaled to the batch; the batch comes from a separate copy of the batch stream: training is unchanged.
+    The step's memory is measured (tracemalloc, which sees numpy's arrays) on the first sequence of the first batch,
+    at its second pass (the first may load what a process loads once, such as numba's compiled loops), and scaled
+    to the batch; the batch comes from a separate copy of the batch stream: training is unchanged.
     """
     batch = next(dataset.batches(settings.train.batch_size, rng("batches")))
     rows = len(batch.inputs)
     one = Batch(*(None if a is None else a[:1] for a in (batch.inputs, batch.targets, batch.mask)), batch.new_sequence)
     with np.errstate(all="ignore"):
-        tracemalloc.start()
         try:
-            task.model.loss_and_grads(one, None)
-            needed = tracemalloc.get_traced_memory()[1] * rows
+            task.model.loss_and_grads(one, None)  # unmeasured: a first call's one-off loads (numba's) are no step's
+            tracemalloc.start()
+            try:
+                task.model.loss_and_grads(one, None)
+                needed = tracemalloc.get_traced_memory()[1] * rows
+            finally:
+                tracemalloc.stop()
         except Exception:  # the full batch below says what does not fit
             needed = 0
-        finally:
-            tracemalloc.stop()
     available = available_memory()
     if needed > available:
         raise ConfigError(
