@@ -12,6 +12,7 @@
       every option of every group (task, dataset, cell, loss, optim) and the plugin that provides it;
   ``<!-- generated: recipes TASK -->``
       the task's reference recipe and the tuned recipe of every other optimizer and cell on it.
+- The docstrings' Sphinx roles (``:func:`~x.y` ``), which mkdocstrings leaves as they are, become code.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 MARKER = re.compile(r"<!-- generated: (\w+)(?: (\w+))? -->")
+SPHINX_ROLE = re.compile(r":(?:func|class|meth|attr|data|mod|exc):<code>(~?)([\w.]+)</code>")
 
 
 @event_priority(50)  # before mkdocs-jupyter's on_files, which makes the notebooks pages
@@ -94,6 +96,17 @@ def generated(match: re.Match) -> str:
     if what == "recipes" and argument:
         return recipes_table(argument)
     raise ValueError(f"unknown generated block: {match.group(0)}")
+
+
+def role_as_code(match: re.Match) -> str:
+    name = match.group(2)
+    return f"<code>{name.rsplit('.', 1)[-1] if match.group(1) else name}</code>"
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Render the Sphinx roles of the docstrings, which mkdocstrings shows as they are (``:func:`~a.b` ``), as the
+    code they name (``~``: its last name only)."""
+    return SPHINX_ROLE.sub(role_as_code, html)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
