@@ -6,6 +6,7 @@ would, never in the process that trained it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from mlflow import MlflowClient
 from framework.core import engine, plugins
 from framework.core.errors import CheckpointError
 from framework.tracking.model_files import export
-from framework.tracking.models import load_params, log_model
+from framework.tracking.models import load_params, log_model, requirements
 from framework.tracking.store import connect
 
 PREDICT = """
@@ -156,8 +157,12 @@ def test_the_counting_model_counts(cli, default_store):
 
 
 @pytest.mark.slow  # a whole run, then the model loaded in a fresh process
-def test_the_echo_model_echoes(cli, default_store):
-    run_id = train(cli, default_store, "echo")
+def test_the_echo_model_echoes(cli, default_store, monkeypatch):
+    """Trained with the compiled cell loops: the model runs them too, and requires numba (pinned)."""
+    run_id = train(cli, default_store, "echo", "cell.kernel=numba")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", default_store.tracking_uri)
+    pinned = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{run_id}/model")).read_text().split()
+    assert f"numba=={importlib.metadata.version('numba')}" in pinned
     bits = ["0110100111", "1000000001", "111000111000101"]
     out = predict_elsewhere(default_store.tracking_uri, run_id, {"bits": bits}, {"bits": ["0120"]})
     assert columns(out["inputs"]) == {"bits": "string"} and columns(out["outputs"]) == {"echo": "string"}
@@ -247,6 +252,15 @@ def test_logging_to_a_run_leaves_mlflow_as_it_was(compose, default_store, monkey
     )
     (version,) = default_store.search_model_versions("name='adder'")  # model.name null: the task's name
     assert (version.run_id, version.source) == (run_id, model.artifact_location)
+
+
+def test_a_model_requires_numba_only_if_its_cell_runs_compiled():
+    pinned = requirements({"cell": {"name": "rnn", "kernel": "numpy"}})
+    assert [r.split("==")[0] for r in pinned] == ["rnn-tutorial-framework", "mlflow", "numpy"]
+    assert requirements({"cell": {"name": "rnn", "kernel": "numba"}})[3:] == [
+        f"numba=={importlib.metadata.version('numba')}"
+    ]
+    assert requirements({"cell": {"name": "lstm"}}) == pinned
 
 
 def test_parameters_that_do_not_fit_are_refused_in_one_line(tmp_path):

@@ -19,12 +19,13 @@ installed where the model is loaded; serve it from that environment (``--env-man
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,13 @@ class TrainedNetwork(PythonModel):
             raise MlflowException.invalid_parameter_value(str(error)) from None
 
 
-def requirements() -> list[str]:
-    """The pip requirements of a logged model: this framework, MLflow and numpy, pinned (nothing inferred)."""
-    return [f"{DISTRIBUTION}=={__version__}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+def requirements(config: Mapping[str, Any]) -> list[str]:
+    """The pip requirements of a logged model: this framework, MLflow and numpy, pinned (nothing inferred), and numba
+    for a network whose cell runs its compiled loops (``cell.kernel=numba``), as it did in training."""
+    pinned = [f"{DISTRIBUTION}=={__version__}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    if config.get("cell", {}).get("kernel") == "numba":
+        pinned.append(f"numba=={importlib.metadata.version('numba')}")
+    return pinned
 
 
 def signature_of(folder: Path) -> tuple[pd.DataFrame, ModelSignature]:
@@ -130,7 +135,7 @@ def save(files: Path, into: Path, metadata: Model) -> Path:
         artifacts={"params": str(files / PARAMS), "config": str(files / CONFIG), **data},
         signature=signature,
         input_example=example,
-        pip_requirements=requirements(),
+        pip_requirements=requirements(yaml.safe_load((files / CONFIG).read_text())),
         mlflow_model=metadata,
     )
     return into / MODEL
