@@ -59,13 +59,15 @@ def test_quick_run_prints_every_configuration_and_the_plot(tmp_path: Path) -> No
             assert re.search(overhead, out, re.MULTILINE), f"no engine overhead row for {config} {dtype}:\n{out}"
     for config in CONFIGS[:5]:  # the tutorials: their whole training loop too
         for dtype in ("float32", "float64"):
-            # config | dtype | loop us | bare us | loop / bare | module us | module / loop | rounds
-            loop = rf"^\| {re.escape(config)} \| {dtype}((?: \| {NUMBER}){{5}}) \| \d+ \|$"
+            # config | dtype | loop us | bare us | loop / bare | module us | module / loop | numba loop us
+            # | module / numba loop | rounds (numba is in the test extra)
+            loop = rf"^\| {re.escape(config)} \| {dtype}((?: \| {NUMBER}){{7}}) \| \d+ \|$"
             found = re.search(loop, out, re.MULTILINE)
             assert found, f"no whole-loop row for {config} {dtype}:\n{out}"
-            loop_us, bare_us, by_bare, module_us, by_loop = map(float, found[1].split(" | ")[1:])
+            loop_us, bare_us, by_bare, module_us, by_loop, numba_us, by_numba = map(float, found[1].split(" | ")[1:])
             assert by_bare == pytest.approx(loop_us / bare_us, abs=0.011)
             assert by_loop == pytest.approx(module_us / loop_us, abs=0.011)
+            assert by_numba == pytest.approx(module_us / numba_us, abs=0.011)
     assert plot.is_file() and plot.stat().st_size > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
