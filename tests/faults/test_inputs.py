@@ -119,6 +119,7 @@ def test_a_resumed_run_refuses_a_forged_checkpoint_in_one_line(compose, tmp_path
         engine.execute(config, resume_from=(path, "forged"), output_dir=tmp_path / "out")
 
 
+@pytest.mark.slow  # a run, then its model loaded three times (19 s)
 def test_a_logged_model_needs_no_file_but_its_own(cli, default_store, tmp_path, monkeypatch):
     """A charlm model trained on a names file named by a relative path -> loaded from another folder, after the file
     changed and then disappeared, it writes the same names as when it was logged (it carries its vocabulary)."""
