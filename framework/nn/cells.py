@@ -206,20 +206,20 @@ class ElmanCell:
         """h_t for t = 1..T from x (B, T, I) and h_0 = ``state``."""
         s, f_of_scaled = self.activation.scale, self.activation.of_scaled
         Wh_T = recurrent_weights(self.params["Wh"])
-        Wh = (Wh_T if s == 1 else Wh_T * s).T  # s Wh: every product gives s z_t directly
         W_in = input_weights(self.params["Wx"], self.params.get("b"))
         x_steps = inputs_with_ones(x, "b" in self.params)
         h = with_initial(state, x.shape[1])  # h[t] = h_t, h[0] = h_0
         project(x_steps, W_in if s == 1 else W_in * s, out=h[1:])  # s z_t, activated below
-        if self.compiled:  # the same loop, compiled (framework/nn/numba_kernels.py)
-            Wh_scaled = self.params["Wh"] if s == 1 else self.params["Wh"] * s
-            self.compiled.elman_forward_steps(h, Wh_scaled, self.compiled.ACTIVATION_CODES[self.activation_name])
-            return swap_time_and_batch(h[1:]), h[-1], (x_steps, h, Wh_T)
-        recurrent = np.empty_like(state)
-        for t in range(1, h.shape[0]):
-            z_t = h[t]
-            z_t += np.dot(h[t - 1], Wh, out=recurrent)
-            f_of_scaled(z_t, z_t)
+        if self.compiled:  # the same loop, compiled (framework/nn/numba_kernels.py), on s Wh in C order
+            Wh = self.params["Wh"] if s == 1 else self.params["Wh"] * s
+            self.compiled.elman_forward_steps(h, Wh, self.compiled.ACTIVATION_CODES[self.activation_name])
+        else:
+            Wh = (Wh_T if s == 1 else Wh_T * s).T  # s Wh: every product gives s z_t directly
+            recurrent = np.empty_like(state)
+            for t in range(1, h.shape[0]):
+                z_t = h[t]
+                z_t += np.dot(h[t - 1], Wh, out=recurrent)
+                f_of_scaled(z_t, z_t)
         return swap_time_and_batch(h[1:]), h[-1], (x_steps, h, Wh_T)
 
     def states_and_gates(self, cache: tuple) -> dict[str, np.ndarray]:
