@@ -116,23 +116,27 @@ def test_a_sweep_from_python(here):
 
 
 def test_a_script_that_sweeps_in_workers_without_the_main_guard_gets_one_clear_line(tmp_path):
-    """Workers are spawned: each imports the script, which would sweep again. The sweep ends with a FrameworkError
-    saying what to do, not concurrent.futures' BrokenProcessPool."""
+    """Workers are spawned: each imports the script, which would sweep again. There the sweep refuses at once, before
+    a parent run is opened; the script's sweep ends with a FrameworkError saying what to do, not concurrent.futures'
+    BrokenProcessPool, and only its own parent run is recorded (FAILED)."""
     script = tmp_path / "sweep.py"
-    script.write_text(
-        "import framework\n"
-        "from framework.core.errors import FrameworkError\n"
-        "try:\n"
-        "    framework.sweep('counting', 'tracking.enabled=false', 'train.steps=5', seed=[0, 1], jobs=2)\n"
-        "except FrameworkError as error:\n"
-        "    print('caught:', error)\n"
-    )
+    script.write_text("import framework\n\nframework.sweep('counting', 'train.steps=5', seed=[0, 1], jobs=2)\n")
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120
     )
-    caught = [line for line in result.stdout.splitlines() if line.startswith("caught: ")]
-    assert caught == [
-        "caught: a worker process of the sweep ended abruptly after 0 of 2 jobs (killed, or out of memory; a script "
-        'that sweeps with jobs > 1 must do so under `if __name__ == "__main__":`, since each worker starts by '
-        "importing the script)"
-    ], result.stdout + result.stderr
+    guard = (
+        'a script that sweeps with jobs > 1 must call framework.sweep under `if __name__ == "__main__":`, since each '
+        "worker process starts by importing the script"
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"framework.core.errors.FrameworkError: a worker process of the sweep ended abruptly after 0 of 2 jobs: "
+        f"{guard} (else it was killed, or ran out of memory)"
+    )
+    worker = f"FrameworkError: framework.sweep was called by a worker process importing the script: {guard}"
+    assert worker in result.stderr  # what each worker said before it ended
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [
+        ("framework.sweep task=counting train.steps=5 'seed=[0, 1]'", "FAILED")
+    ]

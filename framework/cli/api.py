@@ -18,6 +18,7 @@ after each composition, and MLflow is used only by the recording process and by 
 from __future__ import annotations
 
 import datetime
+import inspect
 import io
 import itertools
 import os
@@ -263,11 +264,16 @@ def run_jobs(jobs: Sequence[Sequence[str]], workers: int, sweep_id: str | None) 
                     outcomes.append(Job(list(overrides), None, str(error)))
     except BrokenProcessPool:
         raise FrameworkError(
-            f"a worker process of the sweep ended abruptly after {len(outcomes)} of {len(jobs)} jobs (killed, or out "
-            'of memory; a script that sweeps with jobs > 1 must do so under `if __name__ == "__main__":`, since '
-            "each worker starts by importing the script)"
+            f"a worker process of the sweep ended abruptly after {len(outcomes)} of {len(jobs)} jobs: {MAIN_GUARD} "
+            "(else it was killed, or ran out of memory)"
         ) from None
     return outcomes
+
+
+MAIN_GUARD = (
+    'a script that sweeps with jobs > 1 must call framework.sweep under `if __name__ == "__main__":`, since each '
+    "worker process starts by importing the script"
+)
 
 
 @dataclass
@@ -305,8 +311,13 @@ def sweep(
     ``python -m framework --multirun`` records them), ``jobs`` at a time (None: one per core, as ``atlas``; 1: one
     after another in this process); the parent run gets the summary table and the objective against each swept value.
 
-    ``framework.sweep("adder", optim=["sgd", "adam"], seed=[0, 1, 2], jobs=2)``: 6 runs, two at a time.
+    ``framework.sweep("adder", optim=["sgd", "adam"], seed=[0, 1, 2], jobs=2)``: 6 runs, two at a time. The workers
+    are processes that start by importing the ``__main__`` script: a script calls this under
+    ``if __name__ == "__main__":``.
     """
+    caller = inspect.currentframe().f_back
+    if caller is not None and caller.f_globals.get("__name__") == "__mp_main__":  # a worker importing the script
+        raise FrameworkError(f"framework.sweep was called by a worker process importing the script: {MAIN_GUARD}")
     base = [*([f"task={task}"] if task is not None else []), *overrides]
     job_overrides = [[*base, *job] for job in grid(settings)]
     jobs = min(jobs or os.cpu_count() or 1, len(job_overrides))  # the runs train with one thread: one per core
