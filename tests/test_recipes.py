@@ -13,9 +13,10 @@ import pytest
 from conftest import installed
 
 import framework
+from framework.core import plugins
 from framework.core.config import param
 from framework.core.hookspecs import hookimpl
-from framework.core.verdict import run_name
+from framework.core.verdict import advise, run_name
 from framework.nn.optimizers import SGD
 
 
@@ -110,6 +111,17 @@ def test_what_a_run_that_did_not_learn_says(tmp_path, monkeypatch):
     assert bounded.verdict.status == "not reached" and bounded.metrics["reached"] == 0.0
     assert bounded.verdict.advice.startswith("cell=lstm cannot reach it on counting: its output is bounded by 1")
     assert bounded.verdict.advice.endswith("; the reference: python -m framework task=counting")
+
+
+def test_the_advice_keeps_what_changes_how_a_step_is_computed_not_what_it_learns():
+    """cell.kernel=numba (and threads, tracking) is no reason a run did not learn: the advice does not drop it."""
+    registry = plugins.manager().registry
+    task = registry.get("task", "charlm")
+    chosen = {kind: name for kind, (name, _) in task.recipe.choices().items()}
+    overrides = ["task=charlm", "cell.kernel=numba", "train.steps=2000", "threads=2"]
+    assert advise(task, chosen, overrides, registry) == (
+        "try the reference recipe without your other settings (train.steps=2000): python -m framework task=charlm"
+    )
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,11 @@ def advise(task: Component, chosen: Mapping[str, str], overrides: Sequence[str],
                 f"defaults and the task's reference regime); the reference recipe: {plain}"
             )
     own = {f"{kind}={chosen[kind]}" for kind in changed}
-    extra = [o for o in overrides if o.lstrip("+~") not in own and key_of(o) not in ("task", "seed", *TRACKING)]
+    extra = [
+        o
+        for o in overrides
+        if o.lstrip("+~") not in own and key_of(o) not in ("task", "seed", *TRACKING) and full_key(o) not in HOW
+    ]
     pairing = " ".join([plain, *sorted(own)])
     recipe = "tuned recipe" if own else "reference recipe"
     if extra:
@@ -133,11 +137,17 @@ def advise(task: Component, chosen: Mapping[str, str], overrides: Sequence[str],
 
 
 TRACKING = ("tracking", "hydra", "model", "diagnostics", "objective", "threads")  # settings that change no number
+HOW = ("cell.kernel",)  # options that change how a step is computed, not what it learns (to rounding)
+
+
+def full_key(override: str) -> str:
+    """The key an override sets: ``optim.lr=0.1`` -> ``optim.lr``."""
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 def key_of(override: str) -> str:
     """The top-level key an override sets: ``optim.lr=0.1`` -> ``optim``."""
-    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+    return full_key(override).split(".", 1)[0]
 
 
 def run_name(task: str, overrides: Sequence[str]) -> str:
