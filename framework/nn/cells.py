@@ -490,7 +490,7 @@ def kernel_param() -> str:
 def check_kernel(kernel: str) -> None:
     """kernel=numba needs numba installed: one line saying so, before anything trains."""
     if kernel == "numba" and importlib.util.find_spec("numba") is None:
-        raise ConfigError("kernel", kernel, "numpy (numba is not installed: pip install numba)")
+        raise ConfigError("kernel", kernel, "numpy, or numba once it is installed (pip install numba)")
 
 
 @dataclass
