@@ -115,6 +115,7 @@ def test_a_sweep_from_python(here):
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # a script, its two workers and a store (8 s)
 def test_a_script_that_sweeps_in_workers_without_the_main_guard_gets_one_clear_line(tmp_path):
     """Workers are spawned: each imports the script, which would sweep again. There the sweep refuses at once, before
     a parent run is opened; the script's sweep ends with a FrameworkError saying what to do, not concurrent.futures'
