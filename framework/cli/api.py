@@ -243,6 +243,12 @@ class Job:
     error: str | None
 
 
+MAIN_GUARD = (
+    'a script that sweeps with jobs > 1 must call framework.sweep under `if __name__ == "__main__":`, since each '
+    "worker process starts by importing the script"
+)
+
+
 def run_jobs(jobs: Sequence[Sequence[str]], workers: int, sweep_id: str | None) -> list[Job]:
     """Run ``jobs`` (each a list of overrides), ``workers`` at a time in worker processes of their own (1: here, one
     after another); each job's failure is kept as its one line, and the other jobs go on."""
@@ -268,12 +274,6 @@ def run_jobs(jobs: Sequence[Sequence[str]], workers: int, sweep_id: str | None) 
             "(else it was killed, or ran out of memory)"
         ) from None
     return outcomes
-
-
-MAIN_GUARD = (
-    'a script that sweeps with jobs > 1 must call framework.sweep under `if __name__ == "__main__":`, since each '
-    "worker process starts by importing the script"
-)
 
 
 @dataclass

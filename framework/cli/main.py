@@ -32,7 +32,7 @@ from framework.core import engine, plugins
 from framework.core.composition import describe
 from framework.core.errors import FrameworkError, PluginError, described, fail, one_line, print_error
 from framework.tracking.resume import resumable
-from framework.tracking.store import where_to_look
+from framework.tracking.store import log_where_to_look
 
 log = logging.getLogger("framework")
 
@@ -65,11 +65,8 @@ def run(cfg: DictConfig) -> float:
             config, path = resumable(config, overrides, launch_dir, output_dir)
             resume_from = (path, f"of run {config['resume']}")
         outcome = engine.execute(config, overrides, launch_dir, host.manager(), output_dir, resume_from)
-        links = outcome.info.links
-        if "mlflow_run_id" in links:
-            log.info("to look at the run %r (%s):", outcome.info.run_name, links["mlflow_run_id"])
-            for line in where_to_look(links["mlflow_uri"], links["mlflow_experiment_id"], links["mlflow_run_id"]):
-                log.info("  %s", line)
+        if "mlflow_run_id" in outcome.info.links:
+            log_where_to_look(log, outcome.info)
         return outcome.objective
     except FrameworkError as error:
         fail_job(error, error.exit_code)

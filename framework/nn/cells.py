@@ -45,7 +45,6 @@ Backward:
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,8 +188,12 @@ class ElmanCell:
         kernel: str = "numpy",
     ) -> None:
         self.hidden_size = hidden_size
-        self.activation_name, self.activation = activation, ACTIVATIONS[activation]
-        self.compiled = importlib.import_module("framework.nn.numba_kernels") if kernel == "numba" else None
+        self.activation = ACTIVATIONS[activation]
+        self.compiled = None  # numpy's loops; or framework/nn/numba_kernels.py and f's number there
+        if kernel == "numba":
+            from framework.nn import numba_kernels
+
+            self.compiled, self.activation_code = numba_kernels, numba_kernels.ACTIVATION_CODES[activation]
         self.params = {
             "Wx": init_weights((input_size, hidden_size), init, hidden_size, rng, dtype),
             "Wh": init_weights((hidden_size, hidden_size), init, hidden_size, rng, dtype),
@@ -212,7 +215,7 @@ class ElmanCell:
         project(x_steps, W_in if s == 1 else W_in * s, out=h[1:])  # s z_t, activated below
         if self.compiled:  # the same loop, compiled (framework/nn/numba_kernels.py), on s Wh in C order
             Wh = self.params["Wh"] if s == 1 else self.params["Wh"] * s
-            self.compiled.elman_forward_steps(h, Wh, self.compiled.ACTIVATION_CODES[self.activation_name])
+            self.compiled.elman_forward_steps(h, Wh, self.activation_code)
         else:
             Wh = (Wh_T if s == 1 else Wh_T * s).T  # s Wh: every product gives s z_t directly
             recurrent = np.empty_like(state)

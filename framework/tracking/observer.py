@@ -38,7 +38,14 @@ from framework.tracking.cleanup import process_tag
 from framework.tracking.connection import RecordingProcess, close_abandoned, forget, plain, recording_process
 from framework.tracking.model_files import export
 from framework.tracking.resume import CHECKPOINT
-from framework.tracking.store import METRICS_PER_BATCH, SWEEP_ENV, VERDICT_TAG, check_store, resolve_uri, where_to_look
+from framework.tracking.store import (
+    METRICS_PER_BATCH,
+    SWEEP_ENV,
+    VERDICT_TAG,
+    check_store,
+    log_where_to_look,
+    resolve_uri,
+)
 
 log = logging.getLogger("framework.tracking")
 
@@ -299,9 +306,7 @@ class MlflowTracker:
                 experiment_id = recording.process.experiments[recording.token]
                 run.links.update(mlflow_run_id=run_id, mlflow_experiment_id=experiment_id, mlflow_uri=recording.uri)
                 if status != "FINISHED":  # a finished run's command says this after its verdict
-                    log.info("to look at the %s run %r (%s):", status, run.run_name, run_id)
-                    for line in where_to_look(recording.uri, experiment_id, run_id):
-                        log.info("  %s", line)
+                    log_where_to_look(log, run, status)
         finally:
             shutil.rmtree(recording.scratch, ignore_errors=True)
 
