@@ -97,9 +97,9 @@ def compose():
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from framework.core import plugins
+    from framework.core import hydra_source
 
-    plugins.manager()  # registers every component's Hydra options
+    hydra_source.register()  # every component's Hydra options, from the process's registry
     with initialize_config_module(config_module="framework.conf", version_base="1.3"):
         yield lambda *overrides: hydra_compose(config_name="config", overrides=list(overrides))
     GlobalHydra.instance().clear()

@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from framework.cli.subcommands import SUBCOMMANDS
+from framework.core import plugins
+from framework.core.registry import KINDS
 
 # -- helpers -------------------------------------------------------------------
 
@@ -335,11 +337,36 @@ def test_list_and_docs_explain_themselves_and_take_no_arguments(cli, tmp_path, c
 def test_help_names_every_subcommand_and_each_explains_itself(cli):
     helped = cli("--help")
     assert helped.returncode == 0, helped.stderr
+    registry = plugins.manager().registry
+    for kind in KINDS:  # the groups Hydra lists come from the registry (framework/core/hydra_source.py)
+        assert f"\n{kind}: {', '.join(c.name for c in registry.of_kind(kind))}\n" in helped.stdout, kind
     for word in SUBCOMMANDS:
         assert f"python -m framework {word} " in helped.stdout, word
         usage = cli(word, "--help")
         assert usage.returncode == 0, usage.stderr
         assert usage.stdout.startswith(f"usage: python -m framework {word}"), usage.stdout
+
+
+def test_the_garbage_collector_is_on_while_a_run_trains(tmp_path):
+    """``python -m framework`` turns the collector off for its start-up only: the run trains with it on (start-up's
+    objects frozen, never walked again)."""
+    script = """
+import gc, runpy, sys
+import framework.core.engine as engine
+train = engine.train
+def train_and_say(*args, **kwargs):
+    print("collector on:", gc.isenabled(), "start-up frozen:", gc.get_freeze_count() > 0)
+    return train(*args, **kwargs)
+engine.train = train_and_say
+sys.argv = ["framework", *sys.argv[1:]]
+runpy.run_module("framework", run_name="__main__")
+"""
+    args = ("train.steps=2", "tracking.enabled=false")
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=tmp_path, env=clean_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "collector on: True start-up frozen: True" in result.stdout, result.stdout
 
 
 # -- the config composition -------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.core.config_store import ConfigStore
+from hydra.errors import MissingConfigException
 
 from framework.core import engine, hookspecs, plugins
 from framework.core.config import param
@@ -230,16 +230,18 @@ def test_hook_framework_register_tasks(pm, add_plugin, compose):
     assert run.task.received == [None, 1, 2, None, 4, 5, None]
 
 
-def test_removing_a_plugin_removes_its_options(pm, add_plugin):
+def test_removing_a_plugin_removes_its_options(pm, compose):
     class Plugin:
         @hookimpl
         def framework_register_optimizers(self, register):
             register("halve", Halve, HalfConfig)
 
     pm.add(Plugin(), "temporary")
-    assert "halve.yaml" in ConfigStore.instance().repo["optim"]
+    assert compose("optim=halve").optim == {"name": "halve", "factor": 0.5}
     pm.remove("temporary")
-    assert "halve.yaml" not in ConfigStore.instance().repo["optim"]
+    with pytest.raises(MissingConfigException) as refused:  # Hydra's own lookup: the option is gone
+        compose("optim=halve")
+    assert refused.value.missing_cfg_file == "optim/halve" and "halve" not in refused.value.options
     with pytest.raises(PluginError, match=r"no optim named 'halve'; registered: .*rprop, sgd"):
         pm.registry.get("optim", "halve")
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import inspect
-import typing
 
-from framework.core.config import describe
+from framework.core.config import describe, field_types
 from framework.core.plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
 from framework.core.registry import KINDS, Component, Registry
 
@@ -33,7 +32,7 @@ def yaml_text(value: object) -> str:
 
 def options(config_class: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, default, accepted, description) of every option, nested options flattened."""
-    hints = typing.get_type_hints(config_class)
+    hints = field_types(config_class)
     rows = []
     for field in dataclasses.fields(config_class):
         key = prefix + field.name

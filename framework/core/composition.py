@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework.core.errors import CommandLineError, ConfigError, UnknownKeyError, one_line
+from framework.core.hydra_source import RECIPE
 from framework.core.registry import KINDS, Registry
 
 
@@ -68,10 +69,11 @@ def check_overrides(overrides: Sequence[str], registry: Registry, multirun: bool
 
 
 def config_groups() -> set[str]:
-    """The top-level config groups: those in Hydra's ConfigStore (components, recipes, Hydra's) and conf/'s folders."""
-    stored = {name for name, node in ConfigStore.instance().repo.items() if isinstance(node, dict)}
-    shipped = resources.files("framework.conf").iterdir()
-    return stored | {entry.name for entry in shipped if entry.is_dir() and not entry.name.startswith("_")}
+    """The top-level config groups: the registry's (components, recipes), those in Hydra's ConfigStore (Hydra's) and
+    conf/'s folders."""
+    stored = {name for name in ConfigStore.instance().list("") if not name.endswith(".yaml")}
+    shipped = {entry.name for entry in resources.files("framework.conf").iterdir() if entry.is_dir()}
+    return {*KINDS, RECIPE} | stored | {name for name in shipped if not name.startswith("_")}
 
 
 def check_choice(override: Override, registry: Registry, groups: set[str], multirun: bool) -> None:

@@ -9,6 +9,7 @@ range checks with one-line messages, and the generated documentation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -59,6 +60,12 @@ def describe(field: dataclasses.Field, kind: Any) -> str:
     return text + (" or null" if optional else "")
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The dataclass ``cls``'s fields' types, annotations resolved (``typing.get_type_hints``, once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type, values: Mapping[str, Any], prefix: str = "", ignore: tuple[str, ...] = ()) -> Any:
     """Instantiate the dataclass ``cls`` from ``values``, checking every field.
 
@@ -67,7 +74,7 @@ def build(cls: type, values: Mapping[str, Any], prefix: str = "", ignore: tuple[
     Cross-field rules belong in the dataclass's ``__post_init__``, raising
     ``ConfigError`` with the bare field name; it is placed under ``prefix`` here.
     """
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known and key not in ignore:

@@ -25,14 +25,11 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
-from hydra.core.config_store import ConfigStore
 
 from framework import __version__
 from framework.core import hookspecs
-from framework.core.config import defaults
 from framework.core.errors import PluginConflictError, PluginError, described, one_line
 from framework.core.registry import Registry
-from framework.core.settings import Settings
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 ONLY_ENV = "FRAMEWORK_PLUGINS"
@@ -147,12 +144,7 @@ def skip(message: str, strict: bool) -> None:
 
 
 def create_manager() -> PluginManager:
-    """A plugin manager with the built-ins and the installed plugins loaded.
-
-    Also stores the run-wide settings' defaults in Hydra's ConfigStore as the
-    ``framework_settings`` node that conf/config.yaml starts from.
-    """
-    ConfigStore.instance().store(name="framework_settings", node=defaults(Settings))
+    """A plugin manager with the built-ins and the installed plugins loaded."""
     pm = PluginManager()
     for spec in DEFAULT_PLUGINS:
         module_name, _, attribute = spec.partition(":")
@@ -171,7 +163,8 @@ _manager: PluginManager | None = None
 
 
 def manager() -> PluginManager:
-    """The process's plugin manager, created and loaded on first use."""
+    """The process's plugin manager, created and loaded on first use: its registry is the one Hydra composes runs
+    from (:mod:`framework.core.hydra_source`)."""
     global _manager
     if _manager is None:
         _manager = create_manager()

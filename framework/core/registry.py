@@ -1,7 +1,7 @@
 """The component registry: every named cell, loss, optimizer, dataset and task, and the recipes that pair them.
 
-Registering a component also stores its default options in Hydra's
-ConfigStore under the matching group (as fairseq does), so a registry key and
+Every registered component is also a Hydra option of the matching group,
+served from here by :mod:`framework.core.hydra_source`, so a registry key and
 a Hydra option are the same thing: ``optim=myopt`` works for an optimizer that
 an installed plugin adds, with no YAML copied into ``conf/``.
 
@@ -21,19 +21,17 @@ the task's own choices in its recipe are its reference pairings.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hydra.core.config_store import ConfigStore
-
-from framework.core.config import defaults
+from framework.core.config import defaults, field_types
 from framework.core.errors import PluginConflictError, PluginError
 from framework.core.settings import TrainSettings
 
 COMPONENT_KINDS = ("dataset", "cell", "loss", "optim")
 KINDS = ("task", *COMPONENT_KINDS)
+GLOBAL = "_global_"  # the package of a task's and a pairing's options: they set keys anywhere in the config
 PAIRED_KINDS = ("cell", "optim")  # the components a pairing tunes: what a user changes one at a time
 
 Choice = str | tuple[str, Mapping[str, Any]]
@@ -120,7 +118,7 @@ class Register(Protocol):
 
 
 class Registry:
-    """Components by (kind, name), mirrored into Hydra's ConfigStore."""
+    """Components by (kind, name) and their pairings, each also a Hydra option (:meth:`option`)."""
 
     def __init__(self) -> None:
         self._components: dict[tuple[str, str], Component] = {}
@@ -160,7 +158,6 @@ class Registry:
         if (kind == "task") != (component.recipe is not None):
             raise PluginError(f"{where}: a task needs a recipe, and only a task has one")
         self._components[(kind, name)] = component
-        _store(component)
         if component.recipe is not None:
             for pairing in task_pairings(component):
                 self.pair(pairing)
@@ -177,8 +174,6 @@ class Registry:
         if pairing.kind not in COMPONENT_KINDS:
             raise PluginError(f"recipe {pairing.name} from plugin {pairing.plugin!r}: no such kind {pairing.kind!r}")
         self._pairings[key] = pairing
-        if pairing.unreachable is None:
-            _store_pairing(pairing)
 
     def pairing(self, task: str, kind: str, component: str) -> Pairing | None:
         """The pairing of ``component`` (of ``kind``) on ``task``, if one is registered."""
@@ -213,9 +208,8 @@ class Registry:
                     break
 
     def drop(self, pairing: Pairing) -> None:
-        """Forget ``pairing`` (and its Hydra option)."""
+        """Forget ``pairing`` (and so its Hydra option)."""
         self._pairings.pop((pairing.task, pairing.kind, pairing.component), None)
-        ConfigStore.instance().repo.get("recipe", {}).get(pairing.kind, {}).pop(f"{pairing.name}.yaml", None)
 
     def get(self, kind: str, name: str) -> Component:
         """The component ``name`` of ``kind``."""
@@ -233,12 +227,40 @@ class Registry:
         """Every component, by kind then name."""
         return [c for kind in KINDS for c in self.of_kind(kind)]
 
+    def options(self, group: str) -> list[str]:
+        """The Hydra options of ``group``: a kind's component names, or ``recipe/<kind>``'s usable pairings."""
+        if group in KINDS:
+            return [c.name for c in self.of_kind(group)]
+        kind = group.removeprefix("recipe/")
+        return [p.name for p in self.pairings() if p.kind == kind and p.unreachable is None] if kind != group else []
+
+    def option(self, group: str, name: str) -> tuple[dict[str, Any], str | None] | None:
+        """The Hydra option ``group=name`` as (its config, its package), or None if there is none.
+
+        A component's config is its options' defaults and its name; a task's is in the ``_global_`` package: a
+        defaults list choosing its recipe's components, its options under ``task`` and its training regime;
+        a pairing's (``recipe/<kind>=<task>_<component>``) is its settings, nested, in ``_global_``.
+        """
+        if group in KINDS:
+            component = self._components.get((group, name))
+            if component is None:
+                return None
+            options = {"name": component.name, **defaults(component.config_class)}
+            if component.recipe is None:
+                return options, None
+            choices = component.recipe.choices()
+            overrides = [{f"override /{kind}": chosen} for kind, (chosen, _) in choices.items()]
+            return {"defaults": [*overrides, "_self_"], "task": options, "train": dict(component.recipe.train)}, GLOBAL
+        pairing = next((p for p in self._pairings.values() if f"recipe/{p.kind}" == group and p.name == name), None)
+        if pairing is None or pairing.unreachable is not None:
+            return None
+        return nested(pairing.settings), GLOBAL
+
     def remove_plugin(self, plugin: str) -> None:
         """Forget every component and pairing ``plugin`` registered (and their Hydra options)."""
         for key, component in list(self._components.items()):
             if component.plugin == plugin:
                 del self._components[key]
-                _forget(component)
         for pairing in self.pairings():
             if pairing.plugin == plugin:
                 self.drop(pairing)
@@ -284,7 +306,7 @@ def nested(settings: Settings) -> dict[str, Any]:
 
 def unknown_option(config_class: type, key: str, prefix: str) -> str | None:
     """What is wrong with the dotted ``key`` of the dataclass ``config_class`` (nested ones included), or None."""
-    hints = typing.get_type_hints(config_class)
+    hints = field_types(config_class)
     names = [f.name for f in dataclasses.fields(config_class)]
     head, _, rest = key.partition(".")
     if head not in names:
@@ -292,28 +314,3 @@ def unknown_option(config_class: type, key: str, prefix: str) -> str | None:
     if dataclasses.is_dataclass(hints[head]):
         return unknown_option(hints[head], rest, f"{prefix}.{head}") if rest else None
     return f"{prefix}.{key}: no such option; accepted: {prefix}.{head}" if rest else None
-
-
-def _store(component: Component) -> None:
-    """Make the component a Hydra option: ``<kind>=<name>``."""
-    store = ConfigStore.instance()
-    options = {"name": component.name, **defaults(component.config_class)}
-    if component.recipe is None:
-        store.store(group=component.kind, name=component.name, node=options)
-        return
-    choices = component.recipe.choices()
-    overrides = [{f"override /{kind}": chosen} for kind, (chosen, _) in choices.items()]
-    node = {"defaults": [*overrides, "_self_"], "task": options, "train": dict(component.recipe.train)}
-    store.store(group="task", name=component.name, node=node, package="_global_")
-
-
-def _store_pairing(pairing: Pairing) -> None:
-    """Make the pairing the Hydra option ``recipe/<kind>=<task>_<component>`` (package ``_global_``)."""
-    ConfigStore.instance().store(
-        group=f"recipe/{pairing.kind}", name=pairing.name, node=nested(pairing.settings), package="_global_"
-    )
-
-
-def _forget(component: Component) -> None:
-    """Remove the Hydra option :func:`_store` made for ``component``."""
-    ConfigStore.instance().repo.get(component.kind, {}).pop(f"{component.name}.yaml", None)

@@ -2,8 +2,8 @@
 
 These dataclasses are the single source of the defaults under ``train.*``,
 ``diagnostics.*``, ``tracking.*``, ``objective.*``, ``model.*``, ``resume``, ``seed``
-and ``dtype`` (stored in Hydra's ConfigStore as the ``framework_settings`` node that
-conf/config.yaml starts from) and of the checks applied to them.
+and ``dtype`` (the ``framework_settings`` option that conf/config.yaml starts from, served to
+Hydra by :mod:`framework.core.hydra_source`) and of the checks applied to them.
 """
 
 from __future__ import annotations

@@ -13,8 +13,6 @@ import fcntl
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,6 +83,9 @@ def check_server(uri: str, timeout: float = CHECK_TIMEOUT) -> None:
     """
     if urlsplit(uri).scheme not in ("http", "https"):
         return
+    import urllib.error  # here, not at the top: with http.client and ssl, 10 ms of every command's start
+    import urllib.request
+
     probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
         with urllib.request.urlopen(probe, timeout=timeout):
