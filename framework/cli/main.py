@@ -14,6 +14,7 @@ import gc
 import importlib
 import logging
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -46,9 +47,12 @@ def fail_job(message: object, code: int) -> NoReturn:
 
     In a ``--multirun`` the other jobs still run; Hydra exits non-zero at the end.
     """
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        if code == 2:  # a refused config: its job's folder holds only Hydra's copy of it
+            discard_unused(Path(hydra_config.runtime.output_dir), Path(hydra_config.runtime.cwd))
         fail(message, code)
-    print_error(f"job {HydraConfig.get().job.num}: {message}")
+    print_error(f"job {hydra_config.job.num}: {message}")
     raise JobFailedError(str(message)) from None
 
 
@@ -77,6 +81,19 @@ def run(cfg: DictConfig) -> float:
         fail("interrupted; the run is recorded as KILLED", 130)
     except Exception as error:  # a plugin's or the framework's: one line, the traceback in the job's folder
         fail_job(crash(error, Path(hydra_config.runtime.output_dir), Path(hydra_config.runtime.cwd)), 1)
+
+
+def discard_unused(folder: Path, launch_dir: Path) -> None:
+    """Remove a job's output folder that holds nothing but Hydra's copy of the config (``.hydra/``) and empty
+    files, then its parents up to ``launch_dir`` that this leaves empty (``outputs/<date>``, ``outputs``)."""
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    if any(path.parent.name != ".hydra" and path.stat().st_size > 0 for path in files):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if parent == launch_dir or not parent.is_relative_to(launch_dir) or any(parent.iterdir()):
+            return
+        parent.rmdir()
 
 
 def collect_from_here() -> None:

@@ -195,7 +195,7 @@ def framework(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def check_refused(case: Case) -> None:
-    """Run ``case`` in a fresh launch directory: exit 2, its one line, no run in the store there."""
+    """Run ``case`` in a fresh launch directory: exit 2, its one line, no run in the store there, no output folder."""
     with tempfile.TemporaryDirectory(prefix="bad-config-") as launch_dir:
         result = framework(*case.args, cwd=Path(launch_dir))
         assert result.returncode == 2, (case.args, result.stderr)
@@ -207,6 +207,7 @@ def check_refused(case: Case) -> None:
         else:
             assert line == case.line, case.args
         assert_no_runs(Path(launch_dir) / "mlruns" / "mlflow.db")
+        assert not (Path(launch_dir) / "outputs").exists()  # nor the job's folder Hydra made before the refusal
 
 
 @pytest.mark.parametrize("group", GROUPS)
