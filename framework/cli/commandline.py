@@ -62,6 +62,12 @@ class CommandLine:
     runs: bool  # False for --cfg, --info, --help, ...: Hydra prints something and trains nothing
 
 
+def flag_words(argv: Sequence[str], unknown: Sequence[str]) -> list[str]:
+    """The words of ``argv`` that are flags or their values: neither overrides before them nor ``unknown``."""
+    first = next((i for i, word in enumerate(argv) if word.startswith("-")), len(argv))
+    return [word for word in argv[first:] if word not in unknown]
+
+
 def check(argv: Sequence[str], registry: Registry) -> CommandLine:
     """Refuse conflicting modes, ``--experimental-rerun`` and bad overrides; what the command line asks for.
 
@@ -76,6 +82,11 @@ def check(argv: Sequence[str], registry: Registry) -> CommandLine:
             f"{RERUN} {args.experimental_rerun}: not accepted: it unpickles the file, running any code in it; "
             "rerun from the run's config instead (python -m framework --config-dir <output dir>/.hydra "
             "--config-name config)"
+        )
+    if unknown and args.overrides and all("=" in word and not word.startswith("-") for word in unknown):
+        raise CommandLineError(  # Hydra's argparse takes the overrides in one place: all before or all after the flags
+            f"{' '.join(unknown)}: give every override before the flags (or every one after them): "
+            f"python -m framework {' '.join([*args.overrides, *unknown])} {' '.join(flag_words(argv, unknown))}"
         )
     if unknown:
         raise CommandLineError(f"{' '.join(unknown)}: no such flag (see: python -m framework --hydra-help)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 LISTINGS = {
     "list": "every registered component (task, dataset, cell, loss, optim) with the plugin and version providing it",
-    "docs": "the reference of every registered component and its settings, as docs/components.md",
+    "docs": "the reference of the framework's own components (built-ins and tutorials) and their settings, as "
+    "docs/components.md",
 }
 TOOLS = {
     "atlas": "framework.cli.atlas",  # every tutorial with every optimizer and cell: docs/atlas.md

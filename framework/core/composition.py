@@ -83,7 +83,7 @@ def check_choice(override: Override, registry: Registry, groups: set[str], multi
         raise CommandLineError(f"{override.input_line}: expected key=value or group=option")
     if group.split("/")[0] not in groups:
         return
-    names = [c.name for c in registry.of_kind(group)] if group in KINDS else None
+    names = registry.options(group) if group in KINDS or group.startswith(f"{RECIPE}/") else None
     accepted = f"one of: {', '.join(names)}" if names is not None else f"the name of an option of {group}"
     if override.is_delete():
         raise CommandLineError(f"~{group}: a run needs its {group}; choose {accepted}")

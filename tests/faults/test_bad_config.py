@@ -240,6 +240,16 @@ HYDRA_REFUSALS = [
     (("+train.steps=3",), "+train.steps: train.steps is already set; give train.steps=<value> to change it"),
     (("~train.nope",), "~train.nope: no such option to remove"),
     (("seed=${oops}",), "seed: cannot be resolved: Interpolation key 'oops' not found"),
+    (
+        ("task=adder", "--cfg", "job", "train.steps=3"),
+        "train.steps=3: give every override before the flags (or every one after them): "
+        "python -m framework task=adder train.steps=3 --cfg job",
+    ),
+    (("--bogus",), "--bogus: no such flag (see: python -m framework --hydra-help)"),
+    (
+        ("recipe/optim=nope",),
+        f"recipe/optim='nope': expected one of: {', '.join(REGISTRY.options('recipe/optim'))}",
+    ),
 ]
 
 # mistakes that were found only after training (the run then FAILED), or once a sweep's parent run was open
