@@ -24,8 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework.core.errors import CommandLineError, ConfigError, UnknownKeyError, one_line
-from framework.core.hydra_source import RECIPE
-from framework.core.registry import KINDS, Registry
+from framework.core.registry import KINDS, RECIPE, Registry
 
 
 def unique() -> str:

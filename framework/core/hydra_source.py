@@ -21,13 +21,12 @@ from omegaconf import OmegaConf
 
 from framework.core import plugins
 from framework.core.config import defaults
-from framework.core.registry import COMPONENT_KINDS, KINDS
+from framework.core.registry import COMPONENT_KINDS, KINDS, RECIPE
 from framework.core.settings import Settings
 
 SCHEME = "framework"
 PATH = f"{SCHEME}://registry"
 SETTINGS = "framework_settings"  # the run-wide settings' defaults, which conf/config.yaml starts from
-RECIPE = "recipe"
 
 
 def register() -> None:

@@ -31,6 +31,7 @@ from framework.core.settings import TrainSettings
 
 COMPONENT_KINDS = ("dataset", "cell", "loss", "optim")
 KINDS = ("task", *COMPONENT_KINDS)
+RECIPE = "recipe"  # the recipes' Hydra groups: recipe/<kind>, one option per pairing of that kind
 GLOBAL = "_global_"  # the package of a task's and a pairing's options: they set keys anywhere in the config
 PAIRED_KINDS = ("cell", "optim")  # the components a pairing tunes: what a user changes one at a time
 
@@ -231,7 +232,7 @@ class Registry:
         """The Hydra options of ``group``: a kind's component names, or ``recipe/<kind>``'s usable pairings."""
         if group in KINDS:
             return [c.name for c in self.of_kind(group)]
-        kind = group.removeprefix("recipe/")
+        kind = group.removeprefix(f"{RECIPE}/")
         return [p.name for p in self.pairings() if p.kind == kind and p.unreachable is None] if kind != group else []
 
     def option(self, group: str, name: str) -> tuple[dict[str, Any], str | None] | None:
@@ -251,7 +252,7 @@ class Registry:
             choices = component.recipe.choices()
             overrides = [{f"override /{kind}": chosen} for kind, (chosen, _) in choices.items()]
             return {"defaults": [*overrides, "_self_"], "task": options, "train": dict(component.recipe.train)}, GLOBAL
-        pairing = next((p for p in self._pairings.values() if f"recipe/{p.kind}" == group and p.name == name), None)
+        pairing = next((p for p in self._pairings.values() if f"{RECIPE}/{p.kind}" == group and p.name == name), None)
         if pairing is None or pairing.unreachable is not None:
             return None
         return nested(pairing.settings), GLOBAL
