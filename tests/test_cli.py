@@ -258,11 +258,13 @@ def test_sgd_diverges_with_one_line_and_a_failed_run(cli, default_store):
 
     (run,) = runs_of(store, "counting")
     assert run.info.status == "FAILED"
+    name = "counting optim=sgd optim.momentum=0 train.clip_value=null"
+    where = result.stdout[result.stdout.index(f"\nto look at the FAILED run '{name}' ({run.info.run_id}):") + 1 :]
+    # lines to copy, without the log's prefix
     assert (
-        f"to look at the FAILED run 'counting optim=sgd optim.momentum=0 train.clip_value=null' ({run.info.run_id})"
-        in result.stdout
+        where.splitlines()[2]
+        == f"  then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     )
-    assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in result.stdout
     assert run.data.params["optim.name"] == "sgd"
     assert run.data.tags["error"].startswith(f"training diverged at step {diverged_at}")
     # the steps before the divergence are kept

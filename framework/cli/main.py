@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import logging
 import os
 import shutil
 import sys
@@ -34,8 +33,6 @@ from framework.core.composition import describe
 from framework.core.errors import FrameworkError, PluginError, described, fail, one_line, print_error
 from framework.tracking.resume import resumable
 from framework.tracking.store import log_where_to_look
-
-log = logging.getLogger("framework")
 
 
 class JobFailedError(CompactHydraException):
@@ -71,7 +68,7 @@ def run(cfg: DictConfig) -> float:
             resume_from = (path, f"of run {config['resume']}")
         outcome = engine.execute(config, overrides, launch_dir, host.manager(), output_dir, resume_from)
         if "mlflow_run_id" in outcome.info.links:
-            log_where_to_look(log, outcome.info)
+            log_where_to_look(outcome.info)
         return outcome.objective
     except FrameworkError as error:
         fail_job(error, error.exit_code)

@@ -306,7 +306,7 @@ class MlflowTracker:
                 experiment_id = recording.process.experiments[recording.token]
                 run.links.update(mlflow_run_id=run_id, mlflow_experiment_id=experiment_id, mlflow_uri=recording.uri)
                 if status != "FINISHED":  # a finished run's command says this after its verdict
-                    log_where_to_look(log, run, status)
+                    log_where_to_look(run, status)
         finally:
             shutil.rmtree(recording.scratch, ignore_errors=True)
 

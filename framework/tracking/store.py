@@ -225,14 +225,17 @@ def sweep_parent(client: Any, experiment_id: str, sweep_id: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def log_where_to_look(logger: logging.Logger, run: Any, status: str = "FINISHED") -> None:
+WHERE = logging.getLogger("framework.where")  # conf/config.yaml prints it without the log prefix: lines to copy
+
+
+def log_where_to_look(run: Any, status: str = "FINISHED") -> None:
     """Log how to open ``run`` (a RunInfo whose links the tracker set) in MLflow's UI: a heading naming it (and its
     status, when it did not finish), then :func:`where_to_look`'s lines."""
     links = run.links
     what = "the run" if status == "FINISHED" else f"the {status} run"
-    logger.info("to look at %s %r (%s):", what, run.run_name, links["mlflow_run_id"])
+    WHERE.info("to look at %s %r (%s):", what, run.run_name, links["mlflow_run_id"])
     for line in where_to_look(links["mlflow_uri"], links["mlflow_experiment_id"], links["mlflow_run_id"]):
-        logger.info("  %s", line)
+        WHERE.info("  %s", line)
 
 
 def where_to_look(uri: str, experiment_id: str, run_id: str) -> list[str]:
