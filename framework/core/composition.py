@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from framework.core.errors import CommandLineError, ConfigError, UnknownKeyError, one_line
-from framework.core.registry import KINDS, RECIPE, Registry
+from framework.core.registry import GROUPS, KINDS, RECIPE, Registry
 
 
 def unique() -> str:
@@ -72,7 +72,7 @@ def config_groups() -> set[str]:
     conf/'s folders."""
     stored = {name for name in ConfigStore.instance().list("") if not name.endswith(".yaml")}
     shipped = {entry.name for entry in resources.files("framework.conf").iterdir() if entry.is_dir()}
-    return {*KINDS, RECIPE} | stored | {name for name in shipped if not name.startswith("_")}
+    return {*GROUPS} | stored | {name for name in shipped if not name.startswith("_")}
 
 
 def check_choice(override: Override, registry: Registry, groups: set[str], multirun: bool) -> None:

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from framework.core import plugins
 from framework.core.config import defaults
-from framework.core.registry import COMPONENT_KINDS, KINDS, RECIPE
+from framework.core.registry import COMPONENT_KINDS, GROUPS, RECIPE, Registry
 from framework.core.settings import Settings
 
 SCHEME = "framework"
@@ -56,22 +56,23 @@ class RegistrySource(ConfigSource):
         return True
 
     def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in ("", RECIPE, *KINDS, *(f"{RECIPE}/{kind}" for kind in COMPONENT_KINDS))
+        return config_path.strip("/") in ("", *GROUPS, *(f"{RECIPE}/{kind}" for kind in COMPONENT_KINDS))
 
     def is_config(self, config_path: str) -> bool:
-        return self.option(config_path) is not None
+        group, name = split(config_path)
+        return name in options(group)
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         group = config_path.strip("/")
-        groups = [*KINDS, RECIPE] if group == "" else list(COMPONENT_KINDS) if group == RECIPE else []
-        configs = [SETTINGS] if group == "" else plugins.manager().registry.options(group)
+        groups = list(GROUPS) if group == "" else list(COMPONENT_KINDS) if group == RECIPE else []
         return sorted(
             ([] if results_filter == ObjectType.CONFIG else groups)
-            + ([] if results_filter == ObjectType.GROUP else configs)
+            + ([] if results_filter == ObjectType.GROUP else options(group))
         )
 
     def load_config(self, config_path: str) -> ConfigResult:
-        found = self.option(config_path)
+        group, name = split(config_path)
+        found = (defaults(Settings), None) if (group, name) == ("", SETTINGS) else registry().option(group, name)
         if found is None:
             raise ConfigLoadError(f"{self.full_path()}: no option {config_path!r}")
         node, package = found
@@ -79,9 +80,18 @@ class RegistrySource(ConfigSource):
             config=OmegaConf.create(node), path=self.full_path(), provider=self.provider, header={"package": package}
         )
 
-    def option(self, config_path: str) -> tuple[dict[str, Any], str | None] | None:
-        """(config, package) of the option at ``config_path`` (``cell/rnn``, ``recipe/optim/adder_adam``)."""
-        group, _, name = config_path.strip("/").removesuffix(".yaml").rpartition("/")
-        if group == "" and name == SETTINGS:
-            return defaults(Settings), None
-        return plugins.manager().registry.option(group, name) if group else None
+
+def split(config_path: str) -> tuple[str, str]:
+    """``cell/rnn.yaml`` -> (``cell``, ``rnn``); ``framework_settings`` -> ("", ``framework_settings``)."""
+    group, _, name = config_path.strip("/").removesuffix(".yaml").rpartition("/")
+    return group, name
+
+
+def options(group: str) -> list[str]:
+    """The names of the options in ``group`` ("" for the top level: the run-wide settings)."""
+    return [SETTINGS] if group == "" else registry().options(group)
+
+
+def registry() -> Registry:
+    """The process's registry (its plugin manager created on first use, as in a launcher's worker)."""
+    return plugins.manager().registry

@@ -32,6 +32,7 @@ from framework.core.settings import TrainSettings
 COMPONENT_KINDS = ("dataset", "cell", "loss", "optim")
 KINDS = ("task", *COMPONENT_KINDS)
 RECIPE = "recipe"  # the recipes' Hydra groups: recipe/<kind>, one option per pairing of that kind
+GROUPS = (*KINDS, RECIPE)  # the registry's top-level Hydra groups
 GLOBAL = "_global_"  # the package of a task's and a pairing's options: they set keys anywhere in the config
 PAIRED_KINDS = ("cell", "optim")  # the components a pairing tunes: what a user changes one at a time
 
